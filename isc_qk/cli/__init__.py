@@ -1,0 +1,44 @@
+"""Command-line entry point: thin Typer commands that parse, call one function, print.
+
+Each area has its own module (`evaluate`, `augment`, `gist`, `train`, `pipeline`,
+`normalize`) that registers its commands on `app`. `main` turns user errors into one line on
+stderr and a non-zero exit, never a traceback, and says how to resume after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import UserError
+from .app import app
+from . import evaluate, augment, gist, train, pipeline, normalize  # noqa: F401,E402  (registration)
+
+try:  # Typer >= 0.20 vendors click as typer._click; older Typer uses click itself.
+    from typer._click import exceptions as _cx
+except ImportError:  # pragma: no cover
+    from click import exceptions as _cx  # type: ignore[no-redef]
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; exit 2 with a one-line message on bad input, 130 on Ctrl-C."""
+    from ..progress import console
+
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="isc-qk")
+    except UserError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USER_ERROR)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except _cx.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("interrupted: finished work is kept; run the same command again to resume")
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(rv if isinstance(rv, int) else 0)
