@@ -295,14 +295,17 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     unsupported container format, or reference any global outside the allow-list.
     """
     path = Path(path)
-    if zipfile.is_zipfile(path):
-        obj = _load_zip(path)
-    else:
-        with open(path, "rb") as fh:
-            head = fh.read(262)
-        if len(head) >= 262 and head[257:262] == b"ustar":
-            raise PthError(f"{path}: the pre-0.4 tar checkpoint format is not supported")
-        obj = _load_legacy(path)
+    try:
+        if zipfile.is_zipfile(path):
+            obj = _load_zip(path)
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(262)
+            if len(head) >= 262 and head[257:262] == b"ustar":
+                raise PthError(f"{path}: the pre-0.4 tar checkpoint format is not supported")
+            obj = _load_legacy(path)
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, struct.error) as e:
+        raise PthError(f"{path}: corrupt or not a PyTorch checkpoint ({e})") from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]  # common training-checkpoint wrapper
     if not isinstance(obj, dict):
