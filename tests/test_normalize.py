@@ -201,16 +201,17 @@ def test_cli_errors_are_one_line(tmp_path, run_cli):
                          dtype=h5py.string_dtype("ascii"))
     assert run_cli("normalize-fit", "--train", tmp_path / "train.h5", "--out", tmp_path / "n").code == 0
 
+    n, o = tmp_path / "n", tmp_path / "o.h5"
+    train = tmp_path / "train.h5"
     cases = {
-        "dimension 16": ("normalize", "--norm", tmp_path / "n", "--in", tmp_path / "narrow.h5", "--out", tmp_path / "o.h5"),
-        "NaN": ("normalize", "--norm", tmp_path / "n", "--in", tmp_path / "nan.h5", "--out", tmp_path / "o.h5"),
+        "dimension 16": ("normalize", "--norm", n, "--in", tmp_path / "narrow.h5", "--out", o),
+        "NaN": ("normalize", "--norm", n, "--in", tmp_path / "nan.h5", "--out", o),
         "normaliser folder not found": ("normalize", "--norm", tmp_path / "nope", "--in", tmp_path / "narrow.h5",
-                                        "--out", tmp_path / "o.h5"),
-        "file not found": ("normalize", "--norm", tmp_path / "n", "--in", tmp_path / "missing.h5", "--out", tmp_path / "o.h5"),
-        "unknown normalisation method": ("normalize-fit", "--train", tmp_path / "train.h5", "--method", "pca",
-                                         "--out", tmp_path / "m"),
-        "larger than the 50": ("normalize-fit", "--train", tmp_path / "train.h5", "--k", "60", "--out", tmp_path / "k"),
-        "other settings": ("normalize-fit", "--train", tmp_path / "train.h5", "--beta", "0.5", "--out", tmp_path / "n"),
+                                        "--out", o),
+        "file not found": ("normalize", "--norm", n, "--in", tmp_path / "missing.h5", "--out", o),
+        "unknown normalisation method": ("normalize-fit", "--train", train, "--method", "pca", "--out", tmp_path / "m"),
+        "larger than the 50": ("normalize-fit", "--train", train, "--k", "60", "--out", tmp_path / "k"),
+        "other settings": ("normalize-fit", "--train", train, "--beta", "0.5", "--out", n),
     }
     for message, args in cases.items():
         res = run_cli(*args)

@@ -21,7 +21,9 @@ def normalize_fit(
     method: str = typer.Option("nes", "--method", help="nes (negative-embedding subtraction), whiten, or none."),
     k: int = typer.Option(10, "--k", help="nes: training neighbours averaged per vector."),
     beta: float = typer.Option(0.35, "--beta", help="nes: weight of the subtracted neighbour mean."),
-    dba_k: int = typer.Option(0, "--dba-k", help="nes: DBA neighbours for the training set (0 = off; 1st place used 10)."),
+    dba_k: int = typer.Option(
+        0, "--dba-k", help="nes: DBA neighbours for the training set (0 = off; 1st place used 10)."
+    ),
     dim: int = typer.Option(256, "--dim", help="Largest output dimension (<= 256)."),
 ) -> None:
     """Fit score normalisation on TRAINING descriptors and save it as an artifact folder."""
