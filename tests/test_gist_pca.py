@@ -1,0 +1,97 @@
+"""Tests for isc_qk.gist_pca: PCA fitted on training data only, persistence, file description."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from isc_qk import gist
+from isc_qk.gist_pca import PCAModel, config_path, describe_gist_files, fit_pca
+
+
+def _train_data(n: int = 400, d: int = 960, seed: int = 0) -> np.ndarray:
+    """Rows with a decaying spectrum so PCA variances are clearly ordered and not all 1."""
+    rng = np.random.default_rng(seed)
+    scales = 1.0 / np.sqrt(1.0 + np.arange(d))
+    return (rng.standard_normal((n, d)) * scales + 0.3).astype(np.float32)
+
+
+def test_fit_on_given_training_array_only_no_whitening():
+    train = _train_data()
+    other = _train_data(seed=1) + 5.0  # e.g. references: must not influence the model
+    pca = fit_pca(train, dim=256, seed=7, train_ids=[f"T{i}" for i in range(len(train))])
+    assert pca.components.shape == (256, 960) and pca.mean.shape == (960,)
+    np.testing.assert_allclose(pca.mean, train.mean(axis=0), atol=1e-5)
+    z = pca.transform(train)
+    assert z.dtype == np.float32 and z.shape == (400, 256)
+    assert np.abs(z.mean(axis=0)).max() < 1e-4  # centred on the training mean
+    np.testing.assert_allclose(pca.components @ pca.components.T, np.eye(256), atol=1e-4)
+    var = z.var(axis=0, ddof=1)
+    assert np.all(np.diff(var) <= 1e-6)  # decreasing
+    assert not np.allclose(var, 1.0, atol=0.1)  # not whitened
+    np.testing.assert_allclose(var, pca.explained_variance, rtol=1e-3)
+    # transform is exactly the linear map, no re-normalisation
+    np.testing.assert_allclose(pca.transform(other), (other - pca.mean) @ pca.components.T, rtol=1e-4, atol=1e-4)
+
+
+def test_fit_needs_enough_vectors():
+    with pytest.raises(ValueError):
+        fit_pca(_train_data(n=10), dim=256)
+
+
+def test_save_load_round_trip(tmp_path):
+    train = _train_data(n=300)
+    ids = [f"T{i:05d}" for i in range(300)]
+    pca = fit_pca(train, dim=256, seed=3, train_ids=ids)
+    path = pca.save(tmp_path / "pca256.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pca256.json", "pca256.npz"]  # no temp files
+    cfg = json.loads(config_path(path).read_text())
+    assert cfg["n_train"] == 300 and cfg["seed"] == 3 and cfg["train_ids"] == ids
+    assert cfg["dim_in"] == 960 and cfg["dim_out"] == 256 and cfg["whiten"] is False
+    back = PCAModel.load(path)
+    np.testing.assert_array_equal(back.mean, pca.mean)
+    np.testing.assert_array_equal(back.components, pca.components)
+    np.testing.assert_array_equal(back.transform(train[:5]), pca.transform(train[:5]))
+    assert back.config["train_ids"] == ids
+
+
+def _write_images(folder) -> list:
+    from skimage import data
+
+    paths = []
+    for name, arr in [("a_astronaut", data.astronaut()), ("b_chelsea", data.chelsea()),
+                      ("c_coffee", data.coffee()), ("d_rocket", data.rocket())]:
+        p = folder / f"{name}.jpg"
+        Image.fromarray(arr).save(p, quality=90)
+        paths.append(p)
+    bad = folder / "c_broken.jpg"
+    bad.write_bytes(b"this is not a jpeg")
+    trunc = folder / "e_truncated.jpg"
+    trunc.write_bytes(paths[0].read_bytes()[:300])
+    return [paths[0], paths[1], bad, paths[2], trunc, paths[3]]
+
+
+def test_describe_files_reports_corrupt_images_and_keeps_order(tmp_path):
+    paths = _write_images(tmp_path)
+    ids, g960, g256, failures = describe_gist_files(paths, batch=2, workers=1)
+    assert ids == ["a_astronaut", "b_chelsea", "c_coffee", "d_rocket"]
+    assert [p for p, _ in failures] == [str(paths[2]), str(paths[4])]
+    assert g256 is None and g960.shape == (4, 960) and g960.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(g960, axis=1), 1.0, atol=1e-6)
+    # same as decoding by hand
+    with Image.open(paths[1]) as im:
+        expected = gist.gist_descriptors(gist.preprocess(im))[0]
+    np.testing.assert_allclose(g960[1], expected, atol=1e-7)
+
+
+def test_describe_files_parallel_equals_serial_and_applies_pca(tmp_path):
+    paths = _write_images(tmp_path)
+    serial = describe_gist_files(paths, batch=2, workers=1)
+    pca = PCAModel(mean=np.zeros(960, np.float32), components=np.eye(960, dtype=np.float32)[:256])
+    par = describe_gist_files(paths, pca=pca, batch=2, workers=2)
+    assert par.ids == serial.ids and par.failures == serial.failures
+    np.testing.assert_array_equal(par.gist960, serial.gist960)
+    np.testing.assert_allclose(par.gist256, serial.gist960[:, :256], atol=1e-7)
