@@ -9,7 +9,10 @@ Every backbone takes float32 RGB pixel values in [0, 255] (it normalises interna
 returns (B, feature_dim) features. All BatchNormalization layers are frozen
 (``trainable = False``): the QK paper found that batch statistics leak information between
 the rows of a batch (hard negatives are mined within the step), so BN always runs on its
-moving statistics, even when the model is called with ``training=True``.
+moving statistics, even when the model is called with ``training=True``. For the same
+reason (inference mode everywhere, as the paper runs it) dropout and stochastic depth are
+switched off, so ``training=True`` and ``training=False`` give the same output: the Q and K
+features of an image do not change between the mining pass and the gradient pass.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def build_backbone(name: str, weights: str | None = "imagenet"):
     else:  # efficientnet-b3
         model = _build_b3(weights)
     freeze_batchnorm(model)
+    disable_dropout(model)
     shape = tuple(model.output.shape)
     if shape[-1] != spec.feature_dim:  # a bug, not a user error: the spec table is wrong
         raise AssertionError(f"{name}: output {shape}, spec says {spec.feature_dim}")
@@ -93,6 +97,18 @@ def freeze_batchnorm(model) -> int:
     for layer in _all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
+            n += 1
+    return n
+
+
+def disable_dropout(model) -> int:
+    """Set the rate of every Dropout layer (incl. stochastic depth) to 0; return the count."""
+    import keras
+
+    n = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
             n += 1
     return n
 

@@ -134,7 +134,10 @@ class QKModel:
         cfg = load_config(d / CONFIG_FILE, ModelConfig)
         cfg.validate()
         spec = backbone_spec(cfg.backbone)
-        pca = PCAModel.load(d / PCA_FILE)
+        try:
+            pca = PCAModel.load(d / PCA_FILE)
+        except Exception as e:  # truncated/corrupt npz: zipfile, pickle and key errors
+            raise UserError(f"{d / PCA_FILE}: cannot read the GIST PCA ({type(e).__name__}: {str(e)[:120]})") from None
         _check_pca(pca, cfg.dim)
         # weights=None: the saved files hold the trained weights; no need to fetch ImageNet ones
         models = {}
@@ -205,5 +208,5 @@ def _side(side: str) -> str:
 
 def _check_pca(pca: "PCAModel", dim: int) -> None:
     comps = np.asarray(pca.components)
-    if comps.ndim != 2 or dim not in comps.shape:
+    if comps.ndim != 2 or comps.shape[0] != dim:
         raise UserError(f"GIST PCA has components of shape {comps.shape}, but the model needs {dim} dimensions")
