@@ -56,7 +56,10 @@ class PCAModel:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
             raise ValueError(f"expected (n, {self.mean.shape[0]}) descriptors, got {x.shape}")
-        return ((x - self.mean) @ self.components.T).astype(np.float32, copy=False)
+        # float64 product, then float32: BLAS sums in a batch-size-dependent order, and in float64
+        # that never shows after rounding, so a shard's rows equal the unsharded run's rows.
+        centred = x.astype(np.float64) - np.asarray(self.mean, np.float64)
+        return (centred @ np.asarray(self.components, np.float64).T).astype(np.float32)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path`` (.npz) and ``path`` with suffix .json atomically (temp file + os.replace).

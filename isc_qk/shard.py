@@ -6,8 +6,10 @@ shards' outputs, merged in shard order, is the unsharded output row for row.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from .errors import UserError
@@ -47,3 +49,30 @@ class Shard:
     def suffix(self) -> str:
         """File-name tag for a shard's output, e.g. '.shard-0-of-4'."""
         return "" if self.is_whole else f".shard-{self.index}-of-{self.count}"
+
+
+def shard_file(path: str | os.PathLike, shard: Shard) -> Path:
+    """`SET.h5` -> `SET.shard-I-of-N.h5` (the whole set keeps its name)."""
+    p = Path(path)
+    if shard.is_whole:
+        return p
+    return p.with_name(f"{p.stem}{shard.suffix()}{p.suffix}")
+
+
+def merge_descriptor_shards(path: str | os.PathLike, count: int, remove: bool = False) -> Path:
+    """Stack SET.shard-0-of-N.h5 ... SET.shard-(N-1)-of-N.h5 into SET.h5, in shard order.
+
+    Shards are contiguous slices of the id-sorted image list, so the result equals the
+    unsharded run row for row. Refuses to merge while a shard is missing.
+    """
+    from .io import read_descriptors, write_descriptors
+
+    parts = [shard_file(path, Shard(i, count)) for i in range(count)]
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        raise UserError(f"cannot merge: {len(missing)} shard(s) missing, e.g. {missing[0]}")
+    write_descriptors(path, read_descriptors(parts))
+    if remove:
+        for p in parts:
+            p.unlink()
+    return Path(path)

@@ -1,0 +1,72 @@
+"""The gist-pca stage end to end on real JPEGs: fit on train only, describe, resume, shards."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from isc_qk.gist_stage import describe_gist_set, fit_gist_pca, gist960_path
+from isc_qk.io import read_descriptors
+from isc_qk.shard import Shard, merge_descriptor_shards
+
+
+def _fit(tmp_path, image_folder, dim=8):
+    train, train_ids = image_folder(24, "T", seed=1)
+    return fit_gist_pca(train, tmp_path / "gist", n_train=20, seed=3, dim=dim), train_ids
+
+
+def test_fit_uses_a_seeded_sample_of_training_images_only(tmp_path, image_folder):
+    from isc_qk.gist_pca import PCAModel
+
+    path, train_ids = _fit(tmp_path, image_folder)
+    model = PCAModel.load(path)
+    used = model.config["train_ids"]
+    assert len(used) == 20 and set(used) <= set(train_ids)
+    # a second fit with the same settings is a no-op (same file, not rewritten)
+    mtime = path.stat().st_mtime_ns
+    assert fit_gist_pca(tmp_path / "T_images_1", tmp_path / "gist", n_train=20, seed=3, dim=8) == path
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_describe_writes_both_layouts_and_resumes(tmp_path, image_folder):
+    pca, _ = _fit(tmp_path, image_folder)
+    refs, ref_ids = image_folder(10, "R", seed=2)
+    out = tmp_path / "references.h5"
+    rep = describe_gist_set(pca, refs, out, chunk=4, progress=False)
+    d256, d960 = read_descriptors(out), read_descriptors(gist960_path(out))
+    assert d256.ids == sorted(ref_ids) and d256.vectors.shape == (10, 8)
+    np.testing.assert_allclose(np.linalg.norm(d960.vectors, axis=1), 1.0, rtol=1e-5)
+    assert rep.n_described == 10 and not rep.failures
+    assert not (tmp_path / "references.h5.parts").exists()
+    # a finished set is skipped
+    assert describe_gist_set(pca, refs, out, progress=False).skipped
+
+
+def test_shards_merge_to_the_unsharded_output(tmp_path, image_folder):
+    pca, _ = _fit(tmp_path, image_folder)
+    refs, _ = image_folder(9, "R", seed=2)
+    whole = tmp_path / "whole.h5"
+    describe_gist_set(pca, refs, whole, progress=False)
+    for i in range(3):
+        describe_gist_set(pca, refs, tmp_path / "sharded.h5", shard=Shard(i, 3), progress=False)
+    merged = read_descriptors(merge_descriptor_shards(tmp_path / "sharded.h5", 3))
+    ref = read_descriptors(whole)
+    assert merged.ids == ref.ids
+    np.testing.assert_array_equal(merged.vectors, ref.vectors)
+
+
+def test_corrupt_images_are_reported_and_skipped(tmp_path, image_folder, run_cli):
+    pca, _ = _fit(tmp_path, image_folder)
+    refs, ref_ids = image_folder(5, "R", seed=2)
+    (refs / "R999998.jpg").write_bytes(b"")
+    (refs / "R999999.jpg").write_bytes(b"not a jpeg at all")
+    res = run_cli("gist-pca", "--pca", pca, "--images", refs, "--out", tmp_path / "r.h5", "--workers", "1")
+    assert res.code == 0, res.err
+    assert "skipped 2 unreadable" in res.err
+    assert read_descriptors(tmp_path / "r.h5").ids == sorted(ref_ids)
+
+
+def test_cli_errors_are_one_line(tmp_path, run_cli):
+    res = run_cli("gist-pca", "--out", tmp_path / "x")
+    assert res.code == 2 and "Traceback" not in res.err and "error:" in res.err
+    res = run_cli("gist-pca", "--pca", tmp_path / "missing.npz", "--images", tmp_path, "--out", tmp_path / "s.h5")
+    assert res.code == 2 and "Traceback" not in res.err
