@@ -1,3 +1,89 @@
-"""Commands of the 'augment' area (registered on the shared Typer app)."""
+"""Commands of the 'augment' area: ISC-style edited training queries with AugLy.
 
-from .app import app  # noqa: F401
+`augment` writes the queries (resumable, parallel, shardable), `augment-merge` joins shard
+manifests, `augment-recipe` prints the recipe table that the README documents.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app
+
+MAX_FAILED_SHOWN = 20
+
+
+@app.command("augment")
+def augment(
+    images_dir: Path = typer.Argument(..., help="Folder of source images (.jpg/.jpeg/.png), e.g. the training set."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: QUERY.jpg files + manifest.csv."),
+    seed: int = typer.Option(0, "--seed", help="Recipe seed; same seed, id and copy give the same edit."),
+    copies: int = typer.Option(1, "--copies", "-k", help="Edited copies per image (ids SOURCE_a0, SOURCE_a1, ...)."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Worker processes (the output does not depend on it)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Process only shard I/N of the sorted image list."),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any image could not be read."),
+    max_side: int = typer.Option(512, "--max-side", help="Longest side of the output images (never enlarged)."),
+    quality: int = typer.Option(90, "--quality", help="JPEG quality of the outputs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Write K randomly edited copies of every image (ISC-like query edits) plus a manifest."""
+    from ..augment import AugmentFailed, augment_folder
+
+    try:
+        report = augment_folder(images_dir, out, seed=seed, copies=copies, workers=workers, shard=shard,
+                                strict=strict, progress=not quiet, max_side=max_side, jpeg_quality=quality)
+    except AugmentFailed as e:
+        _print_report(e.report)
+        raise
+    _print_report(report)
+
+
+def _print_report(report) -> None:
+    from rich.table import Table
+
+    from ..progress import console, out
+
+    table = Table(title="augment", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    table.add_row("source images", str(report.images))
+    table.add_row("copies per image", str(report.copies))
+    table.add_row("queries written", str(report.done))
+    table.add_row("already there (skipped)", str(report.skipped_existing))
+    table.add_row("failed images", str(len(report.failed)))
+    table.add_row("ignored non-image files", str(len(report.ignored)))
+    table.add_row("seconds", f"{report.seconds:.1f}")
+    table.add_row("queries / s", f"{report.images_per_s:.1f}")
+    table.add_row("manifest", report.manifest)
+    out.print(table)
+    for path, reason in report.failed[:MAX_FAILED_SHOWN]:
+        console.print(f"[yellow]failed:[/] {reason}", highlight=False, soft_wrap=True)
+    if len(report.failed) > MAX_FAILED_SHOWN:
+        console.print(f"... and {len(report.failed) - MAX_FAILED_SHOWN} more (see augment_report*.json)")
+    if report.ignored:
+        shown = ", ".join(report.ignored[:5]) + (" ..." if len(report.ignored) > 5 else "")
+        console.print(f"[yellow]ignored (no image suffix):[/] {shown}", highlight=False, soft_wrap=True)
+
+
+@app.command("augment-merge")
+def augment_merge(
+    out: Path = typer.Argument(..., help="Output folder holding manifest.shard-I-of-N.csv files."),
+) -> None:
+    """Join the shard manifests of `augment --shard` into manifest.csv (sorted by query id)."""
+    from ..augment import merge_manifests
+    from ..io import read_manifest
+    from ..progress import out as stdout
+
+    path = merge_manifests(out)
+    stdout.print(f"merged {len(read_manifest(path))} rows into {path}", highlight=False)
+
+
+@app.command("augment-recipe")
+def augment_recipe() -> None:
+    """Print the augmentation recipe (families, weights, parameter ranges) as markdown."""
+    from ..augment import render_recipe_markdown
+
+    print(render_recipe_markdown(), end="")
