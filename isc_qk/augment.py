@@ -314,7 +314,8 @@ RECIPE: tuple[Op, ...] = (
         "opacity": U(0.6, 1.0), **XY},
        _emoji),
     Op("overlay", "overlay_text", 1.5,
-       {"text": TextIndices(3, 14), "font": C(text_fonts, "one of the {n} fonts bundled with AugLy (with a .pkl character list)"),
+       {"text": TextIndices(3, 14),
+        "font": C(text_fonts, "one of the {n} fonts bundled with AugLy (with a .pkl character list)"),
         "font_size": U(0.08, 0.25), "opacity": U(0.5, 1.0), "color": Colour(), "x_pos": U(0.0, 0.6),
         "y_pos": U(0.0, 0.85)},
        _text),
@@ -451,7 +452,9 @@ def apply_edits(im: Image.Image, edits: list[dict], ctx: Context) -> Image.Image
     return im
 
 
-def augment_image(im: Image.Image, source_id: str, copy: int, seed: int, ctx: Context) -> tuple[Image.Image, list[dict]]:
+def augment_image(
+    im: Image.Image, source_id: str, copy: int, seed: int, ctx: Context
+) -> tuple[Image.Image, list[dict]]:
     """One query: (edited image, edits with their parameters) for copy `copy` of `source_id`."""
     edits = sample_edits(seed, source_id, copy, ctx)
     out = apply_edits(fit_long_side(im.convert("RGB"), ctx.max_side), edits, ctx)
@@ -753,7 +756,9 @@ def merge_manifests(out_dir: str | os.PathLike) -> Path:
     if not found:
         raise UserError(f"{out_dir}: no shard manifests (manifest.shard-I-of-N.csv) to merge")
     if len(found) > 1:
-        raise UserError(f"{out_dir}: shard manifests of different shard counts ({sorted(found)}); remove the stale ones")
+        raise UserError(
+            f"{out_dir}: shard manifests of different shard counts ({sorted(found)}); remove the stale ones"
+        )
     (n, have), = found.items()
     missing = sorted(set(range(n)) - have)
     if missing:
