@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USER_ERROR)
-    except typer.Exit as e:
+    except typer.Exit as e:  # Typer turns Ctrl-C into Exit(130)
+        if e.exit_code == EXIT_INTERRUPTED:
+            console.print("interrupted: finished work is kept; run the same command again to resume")
         sys.exit(e.exit_code)
     except _cx.ClickException as e:
         e.show()
