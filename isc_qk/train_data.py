@@ -110,9 +110,15 @@ def _need_dir(path, what: str) -> Path:
     return p
 
 
-def _need_table(path, what: str) -> str:
+def _need_table(path, what: str, side: str) -> str:
+    """A feature table of `side` features (checked against its config when it has one)."""
+    from .precompute import table_config
+
     if not is_table(path):
         raise UserError(f"{path}: {what} must be a feature table prefix (PREFIX.npy from `isc-qk precompute`)")
+    cfg = table_config(path)
+    if cfg is not None and cfg.side != side:
+        raise UserError(f"{path}: table holds {cfg.side.upper()} features, {what} needs {side.upper()} features")
     return os.fspath(path)
 
 
@@ -129,13 +135,13 @@ def build_train_data(side: str, negatives: str, keys, queries, manifest=None) ->
         items = [f for f in key_files if f.id in by_source]
         data = TrainData(items, partners=query_files, partner_of=[np.array(by_source[f.id]) for f in items])
     elif side == "q":
-        prefix = _need_table(keys, "--keys (for train-q)")
+        prefix = _need_table(keys, "--keys (for train-q)", "k")
         table_ids, table = open_table(prefix)
         row = {k: i for i, k in enumerate(table_ids)}
         items = [f for f in list_images(_need_dir(queries, "--queries")) if source.get(f.id) in row]
         data = TrainData(items, [np.array([row[source[f.id]]]) for f in items], table, prefix)
     else:
-        prefix = _need_table(queries, "--queries (for train-k)")
+        prefix = _need_table(queries, "--queries (for train-k)", "q")
         table_ids, table = open_table(prefix)
         rows: dict[str, list[int]] = {}
         for i, q in enumerate(table_ids):

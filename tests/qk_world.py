@@ -1,0 +1,50 @@
+"""A tiny but real QK Iteration world for the stage tests (precompute / train / describe).
+
+16 real-photo training images, 2 AugLy-edited copies each (the real `augment_folder`), a GIST
+PCA fitted on the training images (8 dims so 16 images suffice), and an untrained QK model
+with the 64-px `tiny` backbone. Everything is made on the fly; nothing from /work/shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import make_image_folder
+
+N_KEYS = 16
+COPIES = 2
+DIM = 8
+HIDDEN = 32
+
+
+@dataclass
+class World:
+    root: Path
+    keys: Path  # training images (keys)
+    aug: Path  # edited copies (queries) + manifest.csv
+    pca: Path
+    model: Path  # untrained QK model (tiny backbone)
+    key_ids: list[str]
+
+
+def make_model(world_root: Path, pca: Path, name: str, residual_scale: float = 0.01, seed: int = 0) -> Path:
+    from isc_qk.model import ModelConfig
+    from isc_qk.train import init_model
+
+    cfg = ModelConfig(backbone="tiny", head_hidden=HIDDEN, dim=DIM, residual_scale=residual_scale, seed=seed)
+    return init_model(pca, cfg, world_root / name)
+
+
+def make_world(root: Path) -> World:
+    from isc_qk.augment import augment_folder
+    from isc_qk.gist_pca import describe_gist_files, fit_pca
+
+    keys = root / "train"
+    ids = make_image_folder(keys, N_KEYS, "T", seed=0, size=96)
+    augment_folder(keys, root / "aug", seed=0, copies=COPIES, workers=1, progress=False)
+    gist = describe_gist_files(sorted(keys.glob("*.jpg")))
+    pca_path = root / "pca.npz"
+    fit_pca(gist.gist960, dim=DIM).save(pca_path)
+    model = make_model(root, pca_path, "model0")
+    return World(root, keys, root / "aug", pca_path, model, ids)
