@@ -124,10 +124,10 @@ def describe(
     write_descriptors(path, Descriptors([files[i].id for i in keep], np.asarray(vectors[keep], dtype=np.float32)))
     del vectors
     bad = [f"{files[i].path}: {why}" for i, why in sorted(result.bad.items())]
-    write_json(_aux(path, "bad.json"), {"bad_images": bad})
     partial.unlink(missing_ok=True)
     progress_json.unlink(missing_ok=True)
-    return DescribeReport(str(path), len(keep), cfg.dim, bad, result.rows_computed, time.perf_counter() - t0)
+    return _write_report(DescribeReport(str(path), len(keep), cfg.dim, bad, result.rows_computed,
+                                        round(time.perf_counter() - t0, 3)))
 
 
 def merge_descriptors(out_h5: str | os.PathLike) -> DescribeReport:
@@ -138,10 +138,15 @@ def merge_descriptors(out_h5: str | os.PathLike) -> DescribeReport:
     d = read_descriptors(shards)
     write_descriptors(out, d)
     bad = [b for p in shards for b in _read_bad(p)]
-    write_json(_aux(out, "bad.json"), {"bad_images": bad})
-    return DescribeReport(str(out), len(d.ids), d.dim, bad, len(d.ids), time.perf_counter() - t0)
+    return _write_report(DescribeReport(str(out), len(d.ids), d.dim, bad, len(d.ids), round(time.perf_counter() - t0, 3)))
+
+
+def _write_report(rep: DescribeReport) -> DescribeReport:
+    """``SET.h5.report.json``: the run's numbers and the images that got no descriptor."""
+    write_json(_aux(Path(rep.out), "report.json"), rep.to_dict())
+    return rep
 
 
 def _read_bad(path: Path) -> list[str]:
-    p = _aux(path, "bad.json")
-    return list(read_json(p).get("bad_images", [])) if p.is_file() else []
+    p = _aux(path, "report.json")
+    return list(read_json(p).get("bad", [])) if p.is_file() else []

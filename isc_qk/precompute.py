@@ -151,9 +151,9 @@ def precompute(
         result = fill_rows(partial, progress_json, len(files), width, TABLE_DTYPE, compute, batch, tick)
     bad = [f"{files[i].path}: {why}" for i, why in sorted(result.bad.items())]
     finalize_table(result, [f.id for f in files], prefix)
-    _write_bad(prefix, bad)
     progress_json.unlink(missing_ok=True)
-    return PrecomputeReport(str(prefix), len(files) - len(bad), width, bad, result.rows_computed, time.perf_counter() - t0)
+    return _write_report(PrecomputeReport(str(prefix), len(files) - len(bad), width, bad, result.rows_computed,
+                                          round(time.perf_counter() - t0, 3)))
 
 
 def merge_precomputed(out_prefix: str | os.PathLike) -> PrecomputeReport:
@@ -182,8 +182,8 @@ def merge_precomputed(out_prefix: str | os.PathLike) -> PrecomputeReport:
     ids, rows = concat_tables(prefixes, base)
     save_config(cfg_path, merged, KIND)
     bad = [b for p in prefixes for b in _read_bad(p)]
-    _write_bad(base, bad)
-    return PrecomputeReport(str(base), rows, int(np.load(table_paths(base)[0], mmap_mode="r").shape[1]), bad, rows, time.perf_counter() - t0)
+    width = int(np.load(table_paths(base)[0], mmap_mode="r").shape[1])
+    return _write_report(PrecomputeReport(str(base), rows, width, bad, rows, round(time.perf_counter() - t0, 3)))
 
 
 def _open(prefix):
@@ -192,17 +192,19 @@ def _open(prefix):
     return open_table(prefix)
 
 
-def _write_bad(prefix, bad: list[str]) -> None:
+def _write_report(rep: PrecomputeReport) -> PrecomputeReport:
+    """``PREFIX.report.json``: the run's numbers and the images left out (kept with the table)."""
     from .io import write_json
 
-    write_json(side_path(prefix, "bad.json"), {"bad_images": bad})
+    write_json(side_path(rep.prefix, "report.json"), rep.to_dict())
+    return rep
 
 
 def _read_bad(prefix) -> list[str]:
     from .io import read_json
 
-    p = side_path(prefix, "bad.json")
-    return list(read_json(p).get("bad_images", [])) if p.is_file() else []
+    p = side_path(prefix, "report.json")
+    return list(read_json(p).get("bad", [])) if p.is_file() else []
 
 
 class _NoBar:

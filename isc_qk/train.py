@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -331,7 +332,6 @@ def train(
     import keras
     import tensorflow as tf
 
-    from .images import ImageFile
     from .model import QKModel
     from .model_inputs import decode_pool, load_batch, one_ahead
     from .checkpoint import latest_checkpoint, restore_optimizer, save_checkpoint
@@ -433,10 +433,12 @@ def train(
     t_steps = time.perf_counter()
     in_update = False
     try:
-        with ticker(progress, total, f"train-{cfg.side} ({cfg.negatives})") as tick:
+        with ticker(progress, total, f"train-{cfg.side} ({cfg.negatives})") as tick, closing(
+            one_ahead(inputs_of(s) for s in range(step, total))
+        ) as batches:
             if tick and step:
                 tick(step)
-            for rows, inp in one_ahead(inputs_of(s) for s in range(step, total)):
+            for rows, inp in batches:
                 loss, stats, grads = stepper.loss_and_grads(rows, {k: tf.constant(v) for k, v in inp.items()})
                 loss_f = float(loss)
                 if not math.isfinite(loss_f):

@@ -66,7 +66,7 @@ def test_table_rows_are_the_head_inputs_in_float16(world, model, tmp_path):
     cfg = table_config(tmp_path / "kfeats")
     assert cfg.side == "k" and cfg.n_images == 16 and cfg.backbone == "tiny"
     # no temporary files left behind
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kfeats.bad.json", "kfeats.config.json", "kfeats.ids.txt", "kfeats.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kfeats.config.json", "kfeats.ids.txt", "kfeats.npy", "kfeats.report.json"]
 
 
 def test_interrupted_run_resumes_where_it_stopped(world, tmp_path, monkeypatch):
@@ -138,6 +138,7 @@ def test_unreadable_images_are_left_out_and_reported(world, model, tmp_path):
     ids, x = open_table(tmp_path / "t")
     assert len(rep.bad) == 2 and "T000003.jpg" in rep.bad[0] and "T000009.jpg" in rep.bad[1]
     assert ids == [i for i in world.key_ids if i not in ("T000003", "T000009")]
+    assert json.loads((tmp_path / "t.report.json").read_text())["bad"] == rep.bad
     exp_ids, exp = _expected_rows(model, "k", world.keys)
     keep = [exp_ids.index(i) for i in ids]
     np.testing.assert_allclose(x.astype(np.float32), exp[keep], rtol=2e-3, atol=2e-3)
