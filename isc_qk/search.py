@@ -3,7 +3,7 @@
 Why a custom driver around faiss: the ISC rule keeps the N (query, reference) pairs with the
 smallest squared L2 distance over ALL queries (one global threshold), and at ISC scale
 (50k queries x 1M references) all distances cannot be held in memory. So queries are
-streamed in batches through `IndexFlatL2.range_search` with a radius that shrinks as the
+streamed in batches through faiss's exhaustive L2 range search with a radius that shrinks as the
 running N-th smallest distance improves; only pairs that can still be in the final top N are
 kept (at most about 2 N at any time plus one batch's results), then the N smallest are taken.
 
@@ -89,12 +89,49 @@ def _check_inputs(xq: np.ndarray, xb: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return xq, xb
 
 
+def _range_search(xq: np.ndarray, xb: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """faiss's exhaustive L2 range search (pairs with d < radius) WITHOUT copying `xb` into an
+    index: an `IndexFlatL2` would hold a second copy of all references (1 GB at ISC scale).
+    Same kernel as `IndexFlatL2.range_search`, so the same distances."""
+    import faiss
+    from faiss.loader import rev_swig_ptr
+
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    nq, d = xq.shape
+    res = faiss.RangeSearchResult(nq)
+    faiss.range_search_L2sqr(faiss.swig_ptr(xq), faiss.swig_ptr(xb), d, nq, len(xb), float(radius), res)
+    lims = rev_swig_ptr(res.lims, nq + 1).copy().astype(np.int64)
+    n = int(lims[-1])
+    dist = rev_swig_ptr(res.distances, n).copy()
+    ref = rev_swig_ptr(res.labels, n).copy().astype(np.int64, copy=False)
+    del res
+    return lims, dist, ref
+
+
 def _sorted_pairs(q: np.ndarray, r: np.ndarray, d: np.ndarray, n: int | None = None) -> Pairs:
     """Sort by (distance, query row, reference row) and keep the first n."""
     order = np.lexsort((r, q, d))
     if n is not None:
         order = order[:n]
     return Pairs(q[order].astype(np.int64), r[order].astype(np.int64), d[order].astype(np.float32))
+
+
+def _first_radius(xq: np.ndarray, xb: np.ndarray, n: int) -> float:
+    """A radius that surely holds the global top n, for the first batch.
+
+    Without it the first range search would return every pair of the batch (32 x 1M at ISC
+    scale). The n-th smallest distance among the batch's k nearest neighbours (k = n / batch)
+    bounds the global n-th smallest from above; a small margin covers the last-bit differences
+    between faiss's kNN and range-search kernels, so it only costs a few extra pairs.
+    """
+    import faiss
+
+    if len(xq) * len(xb) <= 2 * n:
+        return float("inf")
+    k = min(len(xb), -(-n // len(xq)))
+    dist, _ = faiss.knn(xq, xb, k)
+    bound = float(np.partition(dist.ravel(), n - 1)[n - 1])
+    return bound * (1 + 1e-4) + 1e-6
 
 
 def global_top_pairs(
@@ -108,13 +145,9 @@ def global_top_pairs(
 
     `on_batch(n_queries_done)` is called after each batch (for a progress bar).
     """
-    import faiss
-
     if max_results < 1:
         raise UserError(f"max results must be >= 1, got {max_results}")
     xq, xb = _check_inputs(xq, xb)
-    index = faiss.IndexFlatL2(xb.shape[1])
-    index.add(xb)
     n = max_results
     parts_q: list[np.ndarray] = []
     parts_r: list[np.ndarray] = []
@@ -123,12 +156,15 @@ def global_top_pairs(
     tau = np.float32(np.inf)  # running n-th smallest distance (an upper bound of the final one)
     with faiss_threads(threads):
         for i0, i1 in query_batches(len(xq)):
-            # faiss keeps d < radius; the next float above tau keeps d <= tau (ties included).
-            radius = float(np.nextafter(tau, np.float32(np.inf))) if np.isfinite(tau) else float("inf")
-            lims, dist, ref = index.range_search(xq[i0:i1], radius)
-            counts = np.diff(lims).astype(np.int64)
+            if np.isfinite(tau):
+                # faiss keeps d < radius; the next float above tau keeps d <= tau (ties included)
+                radius = float(np.nextafter(tau, np.float32(np.inf)))
+            else:
+                radius = _first_radius(xq[i0:i1], xb, n)
+            lims, dist, ref = _range_search(xq[i0:i1], xb, radius)
+            counts = np.diff(lims)
             parts_q.append(np.repeat(np.arange(i0, i1, dtype=np.int64), counts))
-            parts_r.append(ref.astype(np.int64, copy=False))
+            parts_r.append(ref)
             parts_d.append(dist)
             pool += len(dist)
             if pool >= n:
