@@ -66,7 +66,7 @@ class TrainConfig:
     steps: int | None = None  # overrides epochs when set
     checkpoint_every: int = 500
     seed: int = 0
-    chunk: int = 65536  # table rows per head pass while mining negatives
+    chunk: int = 8192  # table rows per head pass while mining negatives (loss.DEFAULT_CHUNK)
     workers: int = 2  # image-decoding threads
 
     def validate(self) -> None:

@@ -130,7 +130,7 @@ _OPT = dict(
     steps=typer.Option(None, "--steps", help="Exact number of steps (overrides --epochs)."),
     checkpoint_every=typer.Option(500, "--checkpoint-every", help="Steps between checkpoints."),
     seed=typer.Option(0, "--seed", help="Data-order seed."),
-    chunk=typer.Option(65536, "--chunk", help="Table rows per head pass when mining negatives."),
+    chunk=typer.Option(8192, "--chunk", help="Table rows per head pass when mining negatives."),
     workers=typer.Option(2, "--workers", help="Image-decoding threads."),
     progress=typer.Option(True, "--progress/--no-progress"),
 )
