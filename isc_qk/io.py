@@ -131,8 +131,12 @@ def _open_h5(path: str | os.PathLike):
 
 
 def _read_dataset(f, name: str, path: Path) -> np.ndarray:
+    import h5py
+
     if name not in f:
         raise UserError(f"{path}: missing dataset {name!r} (has: {', '.join(sorted(f.keys())) or 'none'})")
+    if not isinstance(f[name], h5py.Dataset):
+        raise UserError(f"{path}: {name!r} is an HDF5 group, expected a dataset")
     return f[name][()]
 
 
@@ -147,8 +151,10 @@ def _read_ids(f, name: str, path: Path) -> list[str]:
     raw = _read_dataset(f, name, path)
     if raw.ndim != 1:
         raise UserError(f"{path}: dataset {name!r} must be 1-D, got shape {raw.shape}")
+    if raw.size and not isinstance(raw.flat[0], (bytes, str)):
+        raise UserError(f"{path}: dataset {name!r} must hold strings, got {raw.dtype}")
     try:
-        return [image_id(v) if isinstance(v, (bytes, str)) else image_id(str(v)) for v in raw]
+        return [image_id(v) for v in raw]
     except UnicodeDecodeError:
         raise UserError(f"{path}: dataset {name!r} holds non-ASCII ids") from None
 
