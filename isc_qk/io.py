@@ -328,9 +328,15 @@ def read_submission(path: str | os.PathLike) -> Submission:
 
 # --------------------------------------------------------------------------- feature tables
 def feature_table_paths(prefix: str | os.PathLike) -> tuple[Path, Path]:
-    """A feature table is `PREFIX.npy` (float16, n x D) plus `PREFIX.ids.txt`."""
-    prefix = Path(prefix)
-    return prefix.with_suffix(".npy"), prefix.with_suffix(".ids.txt")
+    """A feature table is ``PREFIX.npy`` (float16, n x D) plus ``PREFIX.ids.txt``.
+
+    Built by appending to the prefix, so a prefix with a dot (``feats.shard-0-of-4``) keeps its
+    name; a trailing ``.npy`` on the prefix is ignored.
+    """
+    s = os.fspath(prefix)
+    if s.endswith(".npy"):
+        s = s[:-4]
+    return Path(s + ".npy"), Path(s + ".ids.txt")
 
 
 def write_ids(path: str | os.PathLike, ids: Sequence[str]) -> None:
@@ -346,7 +352,7 @@ def read_ids(path: str | os.PathLike) -> list[str]:
 
 
 def open_feature_table(prefix: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """Memory-map a finished feature table (read-only); the ids must match its rows."""
+    """Memory-map a finished feature table read-only; its ids must match its rows one to one."""
     npy, ids_path = feature_table_paths(prefix)
     if not npy.is_file():
         raise UserError(f"{npy}: feature table not found (run `isc-qk precompute` first)")
@@ -354,6 +360,8 @@ def open_feature_table(prefix: str | os.PathLike) -> tuple[list[str], np.ndarray
         x = np.load(npy, mmap_mode="r")
     except ValueError as e:
         raise UserError(f"{npy}: not a valid .npy file ({e})") from None
+    if x.ndim != 2:
+        raise UserError(f"{npy}: expected a 2-D table, got shape {x.shape}")
     ids = read_ids(ids_path)
     if len(ids) != x.shape[0]:
         raise UserError(f"{npy}: {x.shape[0]} rows but {len(ids)} ids in {ids_path}")

@@ -10,8 +10,7 @@ rows are done is the artifact moved under its final name, so a finished file is 
 Images that cannot be decoded get a zero row while filling (a memmap has no holes) and are
 dropped when the artifact is finalised, so ids and rows always match.
 
-Feature-table names: ``PREFIX.npy`` + ``PREFIX.ids.txt`` (as `isc_qk.io`), but built by
-appending to the prefix, so a prefix with a dot (``feats.shard-0-of-4``) keeps its name.
+Feature-table names and reading: `isc_qk.io.feature_table_paths` / `open_feature_table`.
 """
 
 from __future__ import annotations
@@ -26,43 +25,19 @@ import numpy as np
 
 from .errors import UserError
 from .io import atomic_path, check_unique, read_ids, read_json, write_ids, write_json
+from .io import feature_table_paths as table_paths  # noqa: F401  (the format lives in io)
+from .io import open_feature_table as open_table  # noqa: F401
 
 COPY_CHUNK = 65536  # rows copied at a time when compacting or merging
 
 
 # --------------------------------------------------------------------------- names
-def table_paths(prefix: str | os.PathLike) -> tuple[Path, Path]:
-    """``PREFIX.npy`` and ``PREFIX.ids.txt``; a trailing ``.npy`` on the prefix is ignored."""
-    s = os.fspath(prefix)
-    if s.endswith(".npy"):
-        s = s[:-4]
-    return Path(s + ".npy"), Path(s + ".ids.txt")
-
-
 def side_path(prefix: str | os.PathLike, what: str) -> Path:
     """A file that belongs to a table, e.g. side_path(P, "config.json") -> ``P.config.json``."""
     s = os.fspath(prefix)
     if s.endswith(".npy"):
         s = s[:-4]
     return Path(f"{s}.{what}")
-
-
-def open_table(prefix: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """Memory-map a finished table read-only; its ids must match its rows one to one."""
-    npy, ids_path = table_paths(prefix)
-    if not npy.is_file():
-        raise UserError(f"{npy}: feature table not found (run `isc-qk precompute` first)")
-    try:
-        x = np.load(npy, mmap_mode="r")
-    except ValueError as e:
-        raise UserError(f"{npy}: not a valid .npy file ({e})") from None
-    if x.ndim != 2:
-        raise UserError(f"{npy}: expected a 2-D table, got shape {x.shape}")
-    ids = read_ids(ids_path)
-    if len(ids) != x.shape[0]:
-        raise UserError(f"{npy}: {x.shape[0]} rows but {len(ids)} ids in {ids_path}")
-    check_unique(ids, str(ids_path))
-    return ids, x
 
 
 # --------------------------------------------------------------------------- filling
