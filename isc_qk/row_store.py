@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .io import atomic_path, check_unique, read_ids, read_json, write_ids, write_json
+from .io import atomic_path, check_unique, read_json, write_ids, write_json
 from .io import feature_table_paths as table_paths  # noqa: F401  (the format lives in io)
 from .io import open_feature_table as open_table  # noqa: F401
 

@@ -7,9 +7,13 @@ stderr and a non-zero exit, never a traceback, and says how to resume after Ctrl
 
 from __future__ import annotations
 
+import os
 import sys
 
-import typer
+# TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notes) buries the output users need.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import typer  # noqa: E402
 
 from ..errors import UserError
 from .app import app
