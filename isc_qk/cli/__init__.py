@@ -7,11 +7,14 @@ stderr and a non-zero exit, never a traceback, and says how to resume after Ctrl
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 # TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notes) buries the output users need.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# ...and its Python-side retracing notes: each stage builds its tf.function once per model.
+logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 import typer  # noqa: E402
 

@@ -1,0 +1,75 @@
+"""`isc-qk demo --quick` and `isc-qk pipeline`: the whole schedule on built-in data, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from isc_qk.demo import DemoDataConfig, build_demo_dataset
+from isc_qk.io import read_ground_truth
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One quick demo (tiny backbone) shared by the tests of this module."""
+    from isc_qk.demo import run_demo
+
+    work = tmp_path_factory.mktemp("demo")
+    results = run_demo(work, quick=True, progress=False)
+    return work, results
+
+
+def test_demo_dataset_has_the_disc_layout(tmp_path):
+    cfg = DemoDataConfig(n_train=20, n_references=10, n_positive_queries=4, n_distractor_queries=6)
+    root = build_demo_dataset(tmp_path / "d", cfg)
+    assert len(list((root / "train").glob("T*.jpg"))) == 20
+    assert len(list((root / "references").glob("R*.jpg"))) == 10
+    assert len(list((root / "queries").glob("Q*.jpg"))) == 10
+    gt = read_ground_truth(root / "ground_truth.csv")
+    assert len(gt.query_ids) == 10 and len(gt.pairs) == 4
+    assert {r for _, r in gt.pairs} <= {f"R{i:06d}" for i in range(10)}
+
+
+def test_demo_writes_the_table_with_every_method(demo_run):
+    work, results = demo_run
+    out = work / "pipeline"
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    keys = {(r["method"], r["phase"], r["normalization"]) for r in rows}
+    for key in [("GIST-PCA256", "-", "none"), ("ImageNet features", "-", "none"), ("QK Iteration", "Q1", "none"),
+                ("QK Iteration", "K1", "none"), ("in-batch negatives", "-", "none"), ("QK Iteration", "K1", "nes"),
+                ("GIST-PCA256", "-", "nes")]:
+        assert key in keys, key
+    for r in rows:
+        assert 0.0 <= r["micro_ap"] <= 1.0
+    inbatch = next(r for r in rows if r["method"] == "in-batch negatives")
+    qk_final = next(r for r in rows if r["method"] == "QK Iteration" and r["phase"] == "K1" and r["normalization"] == "none")
+    assert inbatch["image_passes"] == qk_final["image_passes"] == 2  # same number of image passes
+    assert "| QK Iteration | K1 | none |" in (out / "results.md").read_text()
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_resumes_without_redoing_finished_stages(demo_run):
+    from isc_qk.demo import run_demo
+
+    work, _ = demo_run
+    weights = sorted((work / "pipeline" / "models").rglob("*.weights.h5"))
+    before = {p: p.stat().st_mtime_ns for p in weights}
+    results = run_demo(work, quick=True, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in weights} == before
+    assert len(results.rows) == len(json.loads((work / "pipeline" / "results.json").read_text())["rows"])
+
+
+def test_changed_settings_are_refused(demo_run, run_cli):
+    work, _ = demo_run
+    res = run_cli("pipeline", "--data", work / "data", "--work", work / "pipeline", "--backbone", "tiny",
+                  "--epochs-per-phase", "5", "--phases", "Q1,K1")
+    assert res.code == 2
+    assert "other settings" in res.err and "Traceback" not in res.err
+
+
+def test_bad_data_folder_is_a_one_line_error(tmp_path, run_cli):
+    res = run_cli("pipeline", "--data", tmp_path, "--work", tmp_path / "w")
+    assert res.code == 2 and "not a DISC-layout folder" in res.err and "Traceback" not in res.err
+    res = run_cli("pipeline", "--data", tmp_path, "--work", tmp_path / "w", "--phases", "Q1,Q2")
+    assert res.code == 2 and "Traceback" not in res.err
