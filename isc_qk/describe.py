@@ -25,7 +25,8 @@ from .images import list_images
 from .io import Descriptors, read_descriptors, read_json, write_descriptors, write_json
 from .model_inputs import ChunkReader
 from .precompute import side_fingerprint, ticker
-from .row_store import fill_rows, find_shards
+from .row_store import fill_rows
+from .shard import find_shards
 from .shard import Shard
 
 KIND = "qk-descriptors"

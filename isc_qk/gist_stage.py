@@ -99,8 +99,7 @@ def describe_gist_set(
     """Write GIST-PCA256 and GIST-960 descriptors of every image of a folder (or one shard)."""
     shard = shard or Shard(0, 1)
     model = pca if isinstance(pca, PCAModel) else _load_pca(pca)
-    out = shard_file(out_h5, shard)
-    out960 = gist960_path(out)
+    out, out960 = shard_file(out_h5, shard), shard_file(gist960_path(out_h5), shard)
     if out.is_file() and out960.is_file():
         return GistSetReport(0, out_256=out, out_960=out960, skipped=True)
     files = shard.select(list_images(images_dir))
@@ -144,6 +143,13 @@ def describe_gist_set(
     write_descriptors(out, Descriptors(ids, np.concatenate(g256)))
     shutil.rmtree(parts, ignore_errors=True)
     return GistSetReport(len(ids), failures, out, out960)  # type: ignore[arg-type]
+
+
+def merge_gist_shards(out_h5: str | os.PathLike) -> tuple[Path, Path]:
+    """Join the shards of both outputs (SET.h5 and SET.gist960.h5) of `describe_gist_set`."""
+    from .shard import merge_descriptor_shards
+
+    return merge_descriptor_shards(out_h5), merge_descriptor_shards(gist960_path(out_h5))
 
 
 def _load_pca(path: str | os.PathLike) -> PCAModel:

@@ -26,7 +26,8 @@ from .config import check_config, load_config, save_config
 from .errors import UserError
 from .images import list_images
 from .model_inputs import ChunkReader
-from .row_store import concat_tables, fill_rows, finalize_table, find_shards, side_path, table_paths
+from .row_store import concat_tables, fill_rows, finalize_table, side_path, table_paths
+from .shard import find_shards
 from .shard import Shard
 
 KIND = "qk-feature-table"

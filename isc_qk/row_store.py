@@ -16,7 +16,6 @@ Feature-table names and reading: `isc_qk.io.feature_table_paths` / `open_feature
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,31 +133,6 @@ def finalize_table(result: FillResult, ids: Sequence[str], prefix: str | os.Path
     del src
     result.partial.unlink()
     return good_ids
-
-
-# --------------------------------------------------------------------------- shards
-_SHARD_RE = re.compile(r"\.shard-(\d+)-of-(\d+)$")
-
-
-def find_shards(stem: str, folder: Path, suffix: str) -> list[Path]:
-    """The complete set of shard files ``STEM.shard-I-of-N SUFFIX`` for I = 0..N-1, in order.
-
-    Refuses a mix of shard counts and reports missing shards by number.
-    """
-    found: dict[int, dict[int, Path]] = {}
-    for p in folder.glob(f"{stem}.shard-*-of-*{suffix}"):
-        m = _SHARD_RE.search(p.name[: -len(suffix)] if suffix else p.name)
-        if m and p.name[: -len(suffix)][: m.start()] == stem:
-            found.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
-    if not found:
-        raise UserError(f"{folder / stem}: no shard outputs ({stem}.shard-I-of-N{suffix}) to merge")
-    if len(found) > 1:
-        raise UserError(f"{folder / stem}: shard outputs with different counts N={sorted(found)}; remove the stale ones")
-    (n, shards), = found.items()
-    missing = [i for i in range(n) if i not in shards]
-    if missing:
-        raise UserError(f"{folder / stem}: shard(s) {', '.join(map(str, missing))} of {n} not finished yet")
-    return [shards[i] for i in range(n)]
 
 
 def concat_tables(prefixes: Sequence[str], out_prefix: str | os.PathLike) -> tuple[list[str], int]:

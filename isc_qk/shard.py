@@ -7,6 +7,7 @@ shards' outputs, merged in shard order, is the unsharded output row for row.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,31 @@ def shard_file(path: str | os.PathLike, shard: Shard) -> Path:
     return p.with_name(f"{p.stem}{shard.suffix()}{p.suffix}")
 
 
-def merge_descriptor_shards(path: str | os.PathLike, count: int, remove: bool = False) -> Path:
+_SHARD_RE = re.compile(r"\.shard-(\d+)-of-(\d+)$")
+
+
+def find_shards(stem: str, folder: Path, suffix: str) -> list[Path]:
+    """The complete set of shard files ``STEM.shard-I-of-N SUFFIX`` for I = 0..N-1, in order.
+
+    Refuses a mix of shard counts and reports missing shards by number.
+    """
+    found: dict[int, dict[int, Path]] = {}
+    for p in folder.glob(f"{stem}.shard-*-of-*{suffix}"):
+        m = _SHARD_RE.search(p.name[: -len(suffix)] if suffix else p.name)
+        if m and p.name[: -len(suffix)][: m.start()] == stem:
+            found.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
+    if not found:
+        raise UserError(f"{folder / stem}: no shard outputs ({stem}.shard-I-of-N{suffix}) to merge")
+    if len(found) > 1:
+        raise UserError(f"{folder / stem}: shard outputs with different counts N={sorted(found)}; remove the stale ones")
+    ((n, shards),) = found.items()
+    missing = [i for i in range(n) if i not in shards]
+    if missing:
+        raise UserError(f"{folder / stem}: shard(s) {', '.join(map(str, missing))} of {n} not finished yet")
+    return [shards[i] for i in range(n)]
+
+
+def merge_descriptor_shards(path: str | os.PathLike) -> Path:
     """Stack SET.shard-0-of-N.h5 ... SET.shard-(N-1)-of-N.h5 into SET.h5, in shard order.
 
     Shards are contiguous slices of the id-sorted image list, so the result equals the
@@ -67,12 +92,6 @@ def merge_descriptor_shards(path: str | os.PathLike, count: int, remove: bool = 
     """
     from .io import read_descriptors, write_descriptors
 
-    parts = [shard_file(path, Shard(i, count)) for i in range(count)]
-    missing = [str(p) for p in parts if not p.is_file()]
-    if missing:
-        raise UserError(f"cannot merge: {len(missing)} shard(s) missing, e.g. {missing[0]}")
-    write_descriptors(path, read_descriptors(parts))
-    if remove:
-        for p in parts:
-            p.unlink()
-    return Path(path)
+    p = Path(path)
+    write_descriptors(p, read_descriptors(find_shards(p.stem, p.parent, p.suffix)))
+    return p

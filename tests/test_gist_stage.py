@@ -41,17 +41,26 @@ def test_describe_writes_both_layouts_and_resumes(tmp_path, image_folder):
     assert describe_gist_set(pca, refs, out, progress=False).skipped
 
 
-def test_shards_merge_to_the_unsharded_output(tmp_path, image_folder):
+def test_shards_merge_to_the_unsharded_output(tmp_path, image_folder, run_cli):
     pca, _ = _fit(tmp_path, image_folder)
     refs, _ = image_folder(9, "R", seed=2)
     whole = tmp_path / "whole.h5"
     describe_gist_set(pca, refs, whole, progress=False)
     for i in range(3):
         describe_gist_set(pca, refs, tmp_path / "sharded.h5", shard=Shard(i, 3), progress=False)
-    merged = read_descriptors(merge_descriptor_shards(tmp_path / "sharded.h5", 3))
+    merged = read_descriptors(merge_descriptor_shards(tmp_path / "sharded.h5"))
     ref = read_descriptors(whole)
     assert merged.ids == ref.ids
     np.testing.assert_array_equal(merged.vectors, ref.vectors)
+    # the CLI merges both outputs, 256-d and 960-d
+    (tmp_path / "sharded.h5").unlink()
+    assert run_cli("gist-pca", "--merge", "--out", tmp_path / "sharded.h5").code == 0
+    m960 = read_descriptors(gist960_path(tmp_path / "sharded.h5"))
+    np.testing.assert_array_equal(m960.vectors, read_descriptors(gist960_path(whole)).vectors)
+    # a missing shard is refused
+    (tmp_path / "sharded.shard-1-of-3.h5").unlink()
+    res = run_cli("gist-pca", "--merge", "--out", tmp_path / "sharded.h5")
+    assert res.code == 2 and "not finished" in res.err
 
 
 def test_corrupt_images_are_reported_and_skipped(tmp_path, image_folder, run_cli):

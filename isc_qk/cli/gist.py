@@ -21,14 +21,18 @@ def gist_pca(
     images: Optional[Path] = typer.Option(None, "--images", help="Images to describe with --pca."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Describe only slice I of N, e.g. 0/4."),
     workers: int = typer.Option(2, "--workers", min=1),
+    merge: bool = typer.Option(False, "--merge", help="Join finished shards of --out (SET.h5 and SET.gist960.h5)."),
 ) -> None:
     """GIST-PCA256, the ISC2021 baseline: `--train DIR --out DIR` fits the PCA (no whitening) on
     training images; `--pca PCA --images DIR --out SET.h5` writes SET.h5 (256-d) and
     SET.gist960.h5 in the official per-set layout."""
-    from ..gist_stage import describe_gist_set, fit_gist_pca
+    from ..gist_stage import describe_gist_set, fit_gist_pca, merge_gist_shards
     from ..progress import console
     from ..shard import Shard
 
+    if merge:
+        console.print("merged: " + ", ".join(str(p) for p in merge_gist_shards(out)))
+        return
     if (train is None) == (images is None):
         raise UserError("give either --train DIR (fit the PCA) or --pca PCA --images DIR (describe)")
     if train is not None:

@@ -1,4 +1,4 @@
-"""`isc-qk pipeline` (the whole QK schedule), `isc-qk demo` (offline, built-in data), `merge-shards`."""
+"""`isc-qk pipeline` (the whole QK schedule) and `isc-qk demo` (offline, built-in data)."""
 
 from __future__ import annotations
 
@@ -62,15 +62,3 @@ def demo_cmd(
 
     results = run_demo(work, data=data, quick=quick)
     _show(results, work / "pipeline")
-
-
-@app.command("merge-shards")
-def merge_shards_cmd(
-    out: Path = typer.Option(..., "--out", help="The unsharded output name, e.g. queries.h5."),
-    count: int = typer.Option(..., "--count", min=1, help="N of --shard I/N."),
-) -> None:
-    """Stack SET.shard-I-of-N.h5 descriptor files (gist-pca) into SET.h5, identical to an unsharded run."""
-    from ..progress import console
-    from ..shard import merge_descriptor_shards
-
-    console.print(f"merged {count} shards into {merge_descriptor_shards(out, count)}")
