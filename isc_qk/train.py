@@ -111,6 +111,7 @@ class TrainReport:
     seconds_per_step: float = 0.0
     skipped: bool = False  # the output folder already held this finished run
     bad_images: list[str] = field(default_factory=list)
+    replicas: int = 1  # devices the batch was split across (tf.distribute)
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -327,7 +328,8 @@ def train(
     negatives="batch": both are image folders. `manifest` defaults to QUERIES/manifest.csv
     (for a table: the manifest of the folder it was computed from).
     `on_step(step, loss)` is called after every finished step (progress hooks, tests).
-    `strategy`: a tf.distribute.Strategy to build variables under (default: the current one).
+    `strategy`: a tf.distribute.Strategy (default: the current one); a non-default one splits
+    each batch across its replicas with the single-device loss (`distribute.make_strategy`).
     """
     import keras
     import tensorflow as tf
@@ -335,6 +337,7 @@ def train(
     from .model import QKModel
     from .model_inputs import decode_pool, load_batch, one_ahead
     from .checkpoint import latest_checkpoint, restore_optimizer, save_checkpoint
+    from .distribute import DistributedStepper, is_default
 
     cfg.validate()
     t0 = time.perf_counter()
@@ -406,7 +409,10 @@ def train(
         losses = list(ckpt.state.get("losses", []))[:step]
         stats_log = list(ckpt.state.get("stats", []))[:step]
     resumed_from = step
-    stepper = _Stepper(model, cfg, data, variables, optimizer)
+    if is_default(strategy):
+        stepper = _Stepper(model, cfg, data, variables, optimizer)
+    else:  # the batch is split across replicas; same loss and gradients (distribute.py)
+        stepper = DistributedStepper(strategy, model, cfg, data, variables, optimizer)
     size = model.spec.input_size
     pool = decode_pool(cfg.workers)
 
@@ -482,6 +488,7 @@ def train(
         seconds=round(time.perf_counter() - t0, 3),
         seconds_per_step=round(elapsed / max(1, total - resumed_from), 4),
         bad_images=bad,
+        replicas=strategy.num_replicas_in_sync,
     )
     write_json(out / REPORT_FILE, report.summary())
     shutil.rmtree(out / CKPT_DIR, ignore_errors=True)

@@ -97,13 +97,14 @@ def precompute_cmd(
 
 
 def _train_cmd(side: str, model, keys, queries, out, manifest, negatives, tau, m, w_pos, w_neg, batch, lr, lr_alpha,
-               epochs, steps, checkpoint_every, seed, chunk, workers, progress) -> None:
+               epochs, steps, checkpoint_every, seed, chunk, workers, progress, distribute="default") -> None:
+    from ..distribute import make_strategy
     from ..train import TrainConfig, train
 
     cfg = TrainConfig(side=side, negatives=negatives, tau=tau, m=m, w_pos=w_pos, w_neg=w_neg, batch_size=batch,
                       lr=lr, lr_alpha=lr_alpha, epochs=epochs, steps=steps, checkpoint_every=checkpoint_every,
                       seed=seed, chunk=chunk, workers=workers)
-    rep = train(model, keys, queries, out, cfg, manifest=manifest, progress=progress)
+    rep = train(model, keys, queries, out, cfg, manifest=manifest, progress=progress, strategy=make_strategy(distribute))
     if rep.skipped:
         from ..progress import console
 
@@ -112,7 +113,7 @@ def _train_cmd(side: str, model, keys, queries, out, manifest, negatives, tau, m
         "model": rep.out_dir, "negatives": rep.negatives, "steps": rep.steps, "batch": rep.batch_size,
         "pairs (rows)": rep.items, "table rows": rep.table_rows, "resumed from step": rep.resumed_from,
         "loss, first 5 steps": rep.first_loss, "loss, last 5 steps": rep.last_loss,
-        "s / step": rep.seconds_per_step, "seconds": rep.seconds,
+        "s / step": rep.seconds_per_step, "seconds": rep.seconds, "replicas": rep.replicas,
     })
 
 
@@ -133,6 +134,11 @@ _OPT = dict(
     chunk=typer.Option(8192, "--chunk", help="Table rows per head pass when mining negatives."),
     workers=typer.Option(2, "--workers", help="Image-decoding threads."),
     progress=typer.Option(True, "--progress/--no-progress"),
+    distribute=typer.Option(
+        "default", "--distribute",
+        help="default: one device; mirrored: split each batch across local GPUs (or logical CPUs); "
+        "multiworker: across machines (reads TF_CONFIG). Same loss as one device.",
+    ),
 )
 
 
@@ -147,11 +153,12 @@ def train_q_cmd(
     lr: float = _OPT["lr"], lr_alpha: float = _OPT["lr_alpha"], epochs: float = _OPT["epochs"],
     steps: Optional[int] = _OPT["steps"], checkpoint_every: int = _OPT["checkpoint_every"], seed: int = _OPT["seed"],
     chunk: int = _OPT["chunk"], workers: int = _OPT["workers"], progress: bool = _OPT["progress"],
+    distribute: str = _OPT["distribute"],
 ) -> None:
     """Train Q backbone, Q head and K head; each step pushes B queries against ALL keys of the
     table (K head over the precomputed K features). Re-run the same command to resume."""
     _train_cmd("q", model, keys, queries, out, manifest, negatives, tau, m, w_pos, w_neg, batch, lr, lr_alpha,
-               epochs, steps, checkpoint_every, seed, chunk, workers, progress)
+               epochs, steps, checkpoint_every, seed, chunk, workers, progress, distribute)
 
 
 @app.command("train-k")
@@ -165,11 +172,12 @@ def train_k_cmd(
     lr: float = _OPT["lr"], lr_alpha: float = _OPT["lr_alpha"], epochs: float = _OPT["epochs"],
     steps: Optional[int] = _OPT["steps"], checkpoint_every: int = _OPT["checkpoint_every"], seed: int = _OPT["seed"],
     chunk: int = _OPT["chunk"], workers: int = _OPT["workers"], progress: bool = _OPT["progress"],
+    distribute: str = _OPT["distribute"],
 ) -> None:
     """Train K backbone, K head and Q head; each step pushes B keys against ALL queries of the
     table (Q head over the precomputed Q features). Re-run the same command to resume."""
     _train_cmd("k", model, keys, queries, out, manifest, negatives, tau, m, w_pos, w_neg, batch, lr, lr_alpha,
-               epochs, steps, checkpoint_every, seed, chunk, workers, progress)
+               epochs, steps, checkpoint_every, seed, chunk, workers, progress, distribute)
 
 
 @app.command("describe")
