@@ -172,10 +172,16 @@ class DistributedStepper:
     def __init__(self, strategy, model, cfg, data, variables, optimizer) -> None:
         import tensorflow as tf
 
+        from .loss import bce_parts, in_batch_loss
+
         self.strategy, self.model, self.cfg, self.data = strategy, model, cfg, data
         self.variables, self.optimizer = variables, optimizer
         self.loss_cfg = cfg.loss_config()
         self.n = strategy.num_replicas_in_sync
+        # every batch has this size (drop-last batches, train.py); the traced loss uses it as B
+        self.batch = min(cfg.batch_size, data.n)
+        if self.batch < self.n:
+            raise UserError(f"batch of {self.batch} is smaller than the {self.n} replicas; use --batch >= {self.n}")
         side = cfg.side
         other = "k" if side == "q" else "q"
         self.other = other
@@ -198,16 +204,12 @@ class DistributedStepper:
                 keys = _through_own_rows(keys_full, k_r, kstart)
                 d2_pos = _pair_d2(x, keys, pq, pk)
                 d2_neg = _pair_d2(x, keys, nq, nk)
-                from .loss import bce_parts
-
                 l_pos, l_neg = bce_parts(d2_pos, d2_neg, self.batch, lc)
                 loss = lc.w_pos * l_pos + lc.w_neg * l_neg
             grads = tape.gradient(loss, variables)
             return grads, tf.stack([loss, l_pos, l_neg]), d2_pos, d2_neg
 
         def batch_grads(inp, start, q_full, k_full):
-            from .loss import in_batch_loss
-
             with tf.GradientTape() as tape:
                 q_r, k_r = describe_pair(inp)
                 q = _through_own_rows(q_full, q_r, start)
@@ -258,9 +260,8 @@ class DistributedStepper:
 
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
         b = len(next(iter(arrays.values())))
-        if b < self.n:
-            raise UserError(f"batch of {b} is smaller than the {self.n} replicas; use --batch >= {self.n}")
-        self.batch = b
+        if b != self.batch:
+            raise ValueError(f"batch of {b} rows, expected {self.batch}")
         slices = replica_slices(b, self.n)
         dist_inp = self._per_replica(arrays, slices)
         starts = self._per_replica_scalar([s for s, _ in slices])
