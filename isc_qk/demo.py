@@ -148,9 +148,9 @@ def demo_settings(quick: bool = False):
     if quick:
         data = DemoDataConfig(n_train=48, n_references=24, n_positive_queries=12, n_distractor_queries=12)
         pipe = PipelineConfig(phases=["Q1", "K1"], backbone="tiny", backbone_weights=None, head_hidden=64,
-                              dim=32, epochs_per_phase=1.0, batch_size=8, m=4, n_pca_train=48, workers=1)
+                              dim=32, epochs_per_phase=1.0, batch_size=8, m=4, n_pca_train=48, copies=2, workers=1)
         return data, pipe
-    pipe = PipelineConfig(phases=["Q1", "K1", "Q2"], backbone="efficientnet-lite0", epochs_per_phase=3.0)
+    pipe = PipelineConfig(phases=["Q1", "K1", "Q2"], backbone="efficientnet-lite0", epochs_per_phase=4.0, copies=3)
     return DemoDataConfig(), pipe
 
 

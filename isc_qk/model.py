@@ -50,6 +50,11 @@ class ModelConfig:
     head_hidden: int = 1024
     dim: int = 256  # GIST-PCA dimension == descriptor dimension
     residual_scale: float = 0.01
+    # False: the paper's head. True: the FFN's output layer starts at zero and a zero-initialised
+    # linear shortcut runs beside it, so the model starts exactly at GIST and can first learn a
+    # linear map of the backbone features: what a short CPU budget on a small training set needs
+    # (measured in the README), and pair it with residual_scale 1.
+    head_shortcut: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -81,7 +86,11 @@ def build_head(feature_dim: int, cfg: ModelConfig, seed: int | None = None) -> "
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
         name="ffn_hidden",
     )(inp)
-    f = layers.Dense(cfg.dim, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 7919), name="ffn_out")(h)
+    out_init = "zeros" if cfg.head_shortcut else keras.initializers.GlorotUniform(seed=seed + 7919)
+    f = layers.Dense(cfg.dim, kernel_initializer=out_init, name="ffn_out")(h)
+    if cfg.head_shortcut:
+        lin = layers.Dense(cfg.dim, kernel_initializer="zeros", name="linear_shortcut")(inp)
+        f = layers.Add(name="ffn_plus_linear")([f, lin])
     gist = inp[:, feature_dim:]  # a graph op on the KerasTensor: no Lambda to deserialise
     out = layers.Add(name="residual")([layers.Rescaling(cfg.residual_scale, name="residual_scale")(f), gist])
     return keras.Model(inp, out, name="qk_head")

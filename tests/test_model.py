@@ -60,6 +60,22 @@ def test_head_is_scaled_ffn_plus_gist_residual():
     assert [l.units for l in h001.layers if hasattr(l, "units")] == [32, DIM]
 
 
+def test_head_shortcut_starts_exactly_at_gist_and_learns_a_linear_map():
+    import tensorflow as tf
+
+    cfg = ModelConfig(backbone="tiny", head_hidden=16, dim=8, residual_scale=1.0, head_shortcut=True)
+    head = build_head(64, cfg)
+    x = np.random.default_rng(0).normal(size=(5, 72)).astype(np.float32)
+    np.testing.assert_array_equal(head(x).numpy(), x[:, -8:])  # zero-initialised: exactly GIST
+    assert head.get_layer("linear_shortcut").kernel.shape == (72, 8)
+    # one gradient step moves the descriptor through the shortcut (the FFN output starts at 0)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(head(x) ** 2)
+    grads = dict(zip([v.path for v in head.trainable_variables], tape.gradient(loss, head.trainable_variables)))
+    lin = next(g for k, g in grads.items() if "linear_shortcut" in k and "kernel" in k)
+    assert float(tf.reduce_max(tf.abs(lin))) > 0
+
+
 def test_head_init_is_seeded():
     x = np.random.default_rng(1).normal(size=(3, 40 + DIM)).astype(np.float32)
     a, b, c = (build_head(40, _cfg(), seed=s) for s in (5, 5, 6))

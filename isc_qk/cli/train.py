@@ -50,6 +50,8 @@ def init_model_cmd(
     ),
     head_hidden: int = typer.Option(1024, "--head-hidden", min=1, help="Hidden width of the FFN head."),
     residual_scale: float = typer.Option(0.01, "--residual-scale", help="descriptor = scale * FFN + gist256."),
+    head_shortcut: bool = typer.Option(False, "--head-shortcut/--no-head-shortcut",
+                                       help="Zero-initialised FFN output + linear shortcut: starts exactly at GIST."),
     seed: int = typer.Option(0, "--seed", help="Seed of the heads' initialisation."),
 ) -> None:
     """Create the starting QK model: pretrained backbones + GIST-residual heads (untrained, the
@@ -64,7 +66,7 @@ def init_model_cmd(
     dim = PCAModel.load(pca_path).dim
     weights = None if (backbone_weights or "").lower() in ("", "none") else backbone_weights
     cfg = ModelConfig(backbone=backbone, backbone_weights=weights, head_hidden=head_hidden, dim=dim,
-                      residual_scale=residual_scale, seed=seed)
+                      residual_scale=residual_scale, head_shortcut=head_shortcut, seed=seed)
     path = init_model(pca_path, cfg, out)
     _table("init-model", {"model": path, "backbone": backbone, "dim": dim, "head hidden": head_hidden})
 
