@@ -30,7 +30,7 @@ MAX_CELLS_PER_PHOTO = 28  # keeps the two huge photos (retina, Hubble) from domi
 
 @dataclass
 class DemoDataConfig:
-    n_train: int = 240
+    n_train: int = 320  # >= 256: the GIST PCA needs at least as many images as dimensions
     n_references: int = 100
     n_positive_queries: int = 50
     n_distractor_queries: int = 50
