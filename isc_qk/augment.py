@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import contextlib
 import os
 import re
 import time
@@ -257,8 +258,34 @@ def _meme(im: Image.Image, p: dict, ctx: Context) -> Image.Image:
 
 def _text(im: Image.Image, p: dict, ctx: Context) -> Image.Image:
     font = os.path.join(augly_utils.FONTS_DIR, p["font"])
-    return imaugs.overlay_text(im, text=p["text"], font_file=font, font_size=p["font_size"], opacity=p["opacity"],
-                               color=_rgb(p["color"]), x_pos=p["x_pos"], y_pos=p["y_pos"])
+
+    def draw() -> Image.Image:
+        return imaugs.overlay_text(im, text=p["text"], font_file=font, font_size=p["font_size"],
+                                   opacity=p["opacity"], color=_rgb(p["color"]), x_pos=p["x_pos"], y_pos=p["y_pos"])
+
+    try:
+        return draw()
+    except RuntimeError:  # Pillow's raqm engine rejects a few font/character pairs: use the basic one
+        with _basic_text_layout():
+            return draw()
+
+
+@contextlib.contextmanager
+def _basic_text_layout():
+    """Make ImageFont.truetype use Pillow's built-in (non-raqm) layout engine for a moment."""
+    from PIL import ImageFont
+
+    original = ImageFont.truetype
+
+    def truetype(*args, **kwargs):
+        kwargs.setdefault("layout_engine", ImageFont.Layout.BASIC)
+        return original(*args, **kwargs)
+
+    ImageFont.truetype = truetype
+    try:
+        yield
+    finally:
+        ImageFont.truetype = original
 
 
 def _emoji(im: Image.Image, p: dict, ctx: Context) -> Image.Image:

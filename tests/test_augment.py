@@ -205,3 +205,21 @@ def test_recipe_command_prints_the_table(run_cli):
     res = run_cli("augment-recipe")
     assert res.code == 0
     assert res.out == aug.render_recipe_markdown()
+
+
+def test_text_falls_back_to_pillows_basic_layout_engine():
+    """A few font/character pairs make Pillow's raqm layout fail; the text op then uses BASIC."""
+    from PIL import ImageFont
+
+    from isc_qk.augment import _basic_text_layout, text_fonts
+
+    original = ImageFont.truetype
+    font_path = text_fonts()[0]
+    import os
+
+    from augly import utils as augly_utils
+
+    with _basic_text_layout():
+        font = ImageFont.truetype(os.path.join(augly_utils.FONTS_DIR, font_path), 20)
+        assert font.layout_engine == ImageFont.Layout.BASIC
+    assert ImageFont.truetype is original
