@@ -31,9 +31,36 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+# Commands that run TensorFlow models; they import it up front, quietly (see _quiet_tensorflow).
+TF_COMMANDS = {"init-model", "precompute", "train-q", "train-k", "describe", "pipeline", "demo"}
+
+
+def _quiet_tensorflow() -> None:
+    """Import TensorFlow with file descriptor 2 pointed at /dev/null.
+
+    TensorFlow 2.2x prints its CUDA probes and oneDNN notes through absl's C++ logging at import
+    time, which TF_CPP_MIN_LOG_LEVEL no longer silences; users need the progress and errors only.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; exit 2 with a one-line message on bad input, 130 on Ctrl-C."""
     from ..progress import console
+
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in TF_COMMANDS for a in args[:1]):
+        _quiet_tensorflow()
 
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="isc-qk")
