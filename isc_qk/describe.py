@@ -24,7 +24,8 @@ from .errors import UserError
 from .images import list_images
 from .io import Descriptors, read_descriptors, read_json, write_descriptors, write_json
 from .model_inputs import ChunkReader
-from .precompute import side_fingerprint, ticker
+from .precompute import side_fingerprint
+from .progress import ticker
 from .row_store import fill_rows
 from .shard import find_shards
 from .shard import Shard

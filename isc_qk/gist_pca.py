@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from .gist import GIST_DIM, compute_gist, l2_normalise, preprocess
+from .io import atomic_path, image_id
 
 PCA_DIM = 256
 
@@ -73,10 +73,11 @@ class PCAModel:
         arrays = {"mean": self.mean, "components": self.components}
         if self.explained_variance is not None:
             arrays["explained_variance"] = np.asarray(self.explained_variance, dtype=np.float64)
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
         config = {"dim_in": int(self.mean.shape[0]), "dim_out": self.dim, "whiten": False, **self.config}
-        text = json.dumps(config, indent=1, sort_keys=True).encode()
-        _atomic_write(config_path(path), lambda f: f.write(text))
+        with atomic_path(config_path(path)) as tmp:
+            tmp.write_text(json.dumps(config, indent=1, sort_keys=True))
         return path
 
     @classmethod
@@ -96,25 +97,6 @@ class PCAModel:
 def config_path(npz_path: str | os.PathLike) -> Path:
     """The JSON file that sits beside a PCA .npz (same name, .json suffix)."""
     return Path(npz_path).with_suffix(".json")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same folder then os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)  # mkstemp creates 0600 files: give the result the usual mode
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def fit_pca(
@@ -229,7 +211,7 @@ def _collect(chunks, results, pca: PCAModel | None) -> GistResult:
     raws: list[np.ndarray] = []
     failures: list[tuple[str, str]] = []
     for chunk, (ok, raw, fails) in zip(chunks, results):
-        ids.extend(Path(chunk[i]).stem for i in ok)
+        ids.extend(image_id(chunk[i]) for i in ok)
         raws.append(raw)
         failures.extend((chunk[i], why) for i, why in fails)
     raw = np.concatenate(raws) if raws else np.zeros((0, GIST_DIM), np.float32)

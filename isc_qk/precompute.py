@@ -27,6 +27,7 @@ from .errors import UserError
 from .images import list_images
 from .model_inputs import ChunkReader
 from .row_store import concat_tables, fill_rows, finalize_table, side_path, table_paths
+from .progress import ticker
 from .shard import find_shards
 from .shard import Shard
 
@@ -206,28 +207,3 @@ def _read_bad(prefix) -> list[str]:
 
     p = side_path(prefix, "report.json")
     return list(read_json(p).get("bad", [])) if p.is_file() else []
-
-
-class _NoBar:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-def ticker(enabled: bool, total: int, what: str):
-    """A context giving a `tick(n)` callable (or None when progress is off)."""
-    if not enabled:
-        return _NoBar()
-    from contextlib import contextmanager
-
-    from .progress import progress_bar
-
-    @contextmanager
-    def cm():
-        with progress_bar() as bar:
-            task = bar.add_task(what, total=total)
-            yield lambda n: bar.advance(task, n)
-
-    return cm()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -27,3 +30,14 @@ def progress_bar(transient: bool = False) -> Progress:
         console=console,
         transient=transient,
     )
+
+
+@contextlib.contextmanager
+def ticker(enabled: bool, total: int, what: str) -> Iterator[Callable[[int], None] | None]:
+    """A bar for a loop of `total` items: yields `tick(n)`, or None when progress is off."""
+    if not enabled:
+        yield None
+        return
+    with progress_bar() as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -167,7 +167,7 @@ def model_files_hash(model_dir: str | os.PathLike) -> str:
 def _gist_cache(files, pca, prefix: Path, workers: int, progress: bool, what: str) -> tuple[np.ndarray, list[str], list[str]]:
     """GIST256 of `files` as a float32 table under ``prefix`` (resumable); (rows, ids, bad)."""
     from .model_inputs import ChunkReader
-    from .precompute import ticker
+    from .progress import ticker
 
     fp = hashlib.sha256()
     for f in files:
@@ -434,7 +434,7 @@ def train(
     def checkpoint(at: int) -> None:
         save_checkpoint(out / CKPT_DIR, at, model, optimizer, {"losses": losses[:at], "stats": stats_log[:at]})
 
-    from .precompute import ticker
+    from .progress import ticker
 
     t_steps = time.perf_counter()
     in_update = False
