@@ -360,14 +360,9 @@ def weights_file(variant: str) -> Path:
 
     model = _build_graph(variant, 0.0, "softmax")
     convert_state_dict(load_state_dict(pth), model)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"efficientnet-{variant}-{tag}.tmp-{os.getpid()}.weights.h5"
-    try:
-        model.save_weights(str(tmp))
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from .io import save_keras_weights
+
+    save_keras_weights(model, target)
     return target
 
 

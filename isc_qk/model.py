@@ -27,7 +27,7 @@ import numpy as np
 from .backbones import BackboneSpec, backbone_spec, build_backbone
 from .config import load_config, save_config
 from .errors import UserError
-from .io import read_json
+from .io import read_json, save_keras_weights
 
 if TYPE_CHECKING:  # heavy or not-yet-imported modules only for type hints
     import keras
@@ -167,14 +167,7 @@ class QKModel:
         for key, path in weights_files(d).items():
             side, part = key.split("_")
             model = self.backbone(side) if part == "backbone" else self.head(side)
-            # Keras insists the name ends in .weights.h5, so the temp name keeps that suffix
-            tmp = d / f".{path.name.removesuffix('.weights.h5')}.{os.getpid()}.tmp.weights.h5"
-            try:
-                model.save_weights(str(tmp))
-                os.replace(tmp, path)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
+            save_keras_weights(model, path)
         self.pca.save(d / PCA_FILE)
         save_config(d / CONFIG_FILE, {**dataclasses.asdict(self.cfg), "spec": dataclasses.asdict(self.spec)}, CONFIG_KIND)
 
