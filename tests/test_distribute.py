@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from isc_qk.errors import UserError
-from qk_world import make_model, make_world
+from qk_world import make_model, make_world, train_config
 
 PARTS = ("q_backbone", "q_head", "k_backbone", "k_head")
 
@@ -30,7 +30,7 @@ SCRIPT = r"""
 import json, os, sys
 from pathlib import Path
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-from isc_qk.distribute import logical_cpu_devices, make_strategy
+from isc_qk.qk.distribute import logical_cpu_devices, make_strategy
 
 cases, kind, out_root = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 if kind == "mirrored":
@@ -38,20 +38,21 @@ if kind == "mirrored":
 import tensorflow as tf
 
 tf.config.experimental.enable_op_determinism()
-from isc_qk.train import TrainConfig, train
+from isc_qk.qk.train import train
+from qk_world import train_config
 from test_distribute import save_result
 
 strategy = make_strategy(kind)
 for case in cases:
     out = out_root / case["name"]
-    rep = train(case["model"], case["keys"], case["queries"], out, TrainConfig(**case["cfg"]), progress=False, strategy=strategy)
+    rep = train(case["model"], case["keys"], case["queries"], out, train_config(**case["cfg"]), progress=False, strategy=strategy)
     save_result(out, rep)
 """
 
 
 def save_result(out: Path, rep) -> None:
     """Losses, replicas and the trained weights of the run in `out` (read back by `_result`)."""
-    from isc_qk.model import QKModel
+    from isc_qk.models.qk_model import QKModel
 
     np.savez(out / "weights.npz", **_weights(QKModel.load(out)))
     (out / "result.json").write_text(json.dumps({"losses": rep.losses, "replicas": rep.replicas}))
@@ -65,9 +66,10 @@ def _weights(model) -> dict[str, np.ndarray]:
 def world(tmp_path_factory):
     import tensorflow as tf
 
-    from isc_qk.model import QKModel
-    from isc_qk.precompute import precompute
-    from isc_qk.train import TrainConfig, train
+    from isc_qk.models.qk_model import QKModel
+    from isc_qk.qk.precompute import precompute
+    from isc_qk.configs import TrainConfig
+    from isc_qk.qk.train import train
 
     tf.config.experimental.enable_op_determinism()
     w = make_world(tmp_path_factory.mktemp("qk_dist"))
@@ -79,7 +81,7 @@ def world(tmp_path_factory):
     w.single = w.root / "single"
     for case in _cases(w):
         out = w.single / case["name"]
-        save_result(out, train(case["model"], case["keys"], case["queries"], out, TrainConfig(**case["cfg"]), progress=False))
+        save_result(out, train(case["model"], case["keys"], case["queries"], out, train_config(**case["cfg"]), progress=False))
     return w
 
 
@@ -190,7 +192,7 @@ def test_cli_distribute_option(world, tmp_path, run_cli):
     ],
 )
 def test_multiworker_needs_a_valid_tf_config(monkeypatch, tf_config, message):
-    from isc_qk.distribute import make_strategy
+    from isc_qk.qk.distribute import make_strategy
 
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -203,7 +205,7 @@ def test_multiworker_needs_a_valid_tf_config(monkeypatch, tf_config, message):
 def test_strategy_kinds_and_late_logical_devices(world):
     import tensorflow as tf
 
-    from isc_qk.distribute import is_default, logical_cpu_devices, make_strategy
+    from isc_qk.qk.distribute import is_default, logical_cpu_devices, make_strategy
 
     with pytest.raises(UserError, match="--distribute must be one of"):
         make_strategy("parameter-server")
@@ -219,7 +221,7 @@ def test_strategy_kinds_and_late_logical_devices(world):
 
 @pytest.mark.parametrize("rows, replicas", [(8, 2), (7, 2), (5, 3), (3, 3), (1000, 7)])
 def test_replica_slices_cover_the_batch_in_order(rows, replicas):
-    from isc_qk.distribute import replica_slices
+    from isc_qk.qk.distribute import replica_slices
 
     s = replica_slices(rows, replicas)
     assert len(s) == replicas and s[0][0] == 0 and s[-1][1] == rows

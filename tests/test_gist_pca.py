@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isc_qk import gist
-from isc_qk.gist_pca import PCAModel, config_path, describe_gist_files, fit_pca
+from isc_qk.gist import descriptor as gist
+from isc_qk.formats.pca import PCAModel, config_path
+from isc_qk.gist.files import describe_gist_files
+from isc_qk.vectors import fit_pca
 
 
 def _train_data(n: int = 400, d: int = 960, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from isc_qk.errors import UserError
-from isc_qk import io
+from isc_qk import formats as io
 
 
 def _h5(path, **datasets):

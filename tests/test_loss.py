@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isc_qk.backbones import build_backbone
+from isc_qk.models.backbones import build_backbone
 from isc_qk.errors import UserError
-from isc_qk.loss import (
-    LossConfig,
+from isc_qk.configs import LossConfig
+from isc_qk.qk.loss import (
     bce_loss,
     in_batch_loss,
     mine_hard_negatives,
     naive_qk_loss,
     qk_loss,
 )
-from isc_qk.model import ModelConfig, build_head
+from isc_qk.configs import ModelConfig
+from isc_qk.models.heads import build_head
 
 DIM = 16
 FEAT = 64  # the tiny backbone's feature width
@@ -131,7 +132,7 @@ def test_mining_caps_n_neg_at_the_non_positive_pairs():
 
 
 def test_mining_reads_a_memmapped_table_without_retracing(tmp_path):
-    from isc_qk.loss import _mining_kernel
+    from isc_qk.qk.loss import _mining_kernel
 
     head = _head(3)
     _, gist, table, pairs = _problem(4, 300, 1, seed=2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from isc_qk.errors import UserError
-from isc_qk.metrics import (
+from isc_qk.evaluation.metrics import (
     average_precision,
     evaluate_predictions,
     match_ranks,

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from isc_qk.errors import UserError
-from isc_qk.model import ModelConfig, QKModel, build_head, weights_files
+from isc_qk.configs import ModelConfig
+from isc_qk.models.heads import build_head
+from isc_qk.models.qk_model import QKModel, weights_files
 
 DIM = 16
 
@@ -16,8 +18,8 @@ DIM = 16
 @pytest.fixture(scope="module")
 def pca():
     """A real GIST-PCA fitted on real GIST vectors of small photo crops."""
-    from isc_qk.gist import gist_descriptors
-    from isc_qk.gist_pca import fit_pca
+    from isc_qk.gist.descriptor import gist_descriptors
+    from isc_qk.vectors import fit_pca
 
     return fit_pca(gist_descriptors(_gist_images(40, seed=1)), dim=DIM)
 
@@ -110,8 +112,8 @@ def test_create_starts_at_gist_and_has_separate_q_and_k(pca):
 
 def test_describe_real_photos_matches_gist_pca_at_start(pca, image_folder):
     """Real images -> GIST-PCA with the real pipeline -> the untrained model stays near it."""
-    from isc_qk.gist import gist_descriptors, preprocess
-    from isc_qk.images import list_images, load_resized, load_rgb
+    from isc_qk.gist.descriptor import gist_descriptors, preprocess
+    from isc_qk.formats.images import list_images, load_resized, load_rgb
 
     folder, ids = image_folder(6)
     files = list_images(folder)
@@ -161,7 +163,7 @@ def test_unknown_backbone_in_config(pca):
 
 # ----------------------------------------------------------------------------- model folder
 def test_save_load_round_trip(pca, tmp_path):
-    from isc_qk.io import read_json
+    from isc_qk.formats import read_json
 
     model = QKModel.create(_cfg(seed=4), pca)
     for v in model.k_backbone.trainable_variables:  # "trained": differs from any fresh init
@@ -206,7 +208,7 @@ def test_load_errors(pca, tmp_path):
 
 
 def test_load_refuses_other_config_kinds(pca, tmp_path):
-    from isc_qk.io import write_json
+    from isc_qk.formats import write_json
 
     out = tmp_path / "model"
     QKModel.create(_cfg(), pca).save(out)

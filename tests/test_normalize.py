@@ -6,15 +6,11 @@ import numpy as np
 import pytest
 
 from isc_qk.errors import UserError
-from isc_qk.io import Descriptors, read_descriptors, write_descriptors
-from isc_qk.normalize import (
-    NormConfig,
-    Normalizer,
-    fit_normalizer,
-    fit_normalizer_files,
-    l2_normalize,
-    normalize_file,
-)
+from isc_qk.formats import Descriptors, read_descriptors, write_descriptors
+from isc_qk.configs import NormConfig
+from isc_qk.normalize.files import fit_normalizer_files, normalize_file
+from isc_qk.normalize.normalizer import Normalizer, fit_normalizer
+from isc_qk.vectors import l2_normalize
 
 
 def clustered(n: int, d: int, seed: int, n_centres: int = 20) -> np.ndarray:

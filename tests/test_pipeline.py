@@ -6,14 +6,16 @@ import json
 
 import pytest
 
-from isc_qk.demo import DemoDataConfig, build_demo_dataset
-from isc_qk.io import read_ground_truth
+from isc_qk.configs import DemoDataConfig
+
+from isc_qk.pipeline.demo import build_demo_dataset
+from isc_qk.formats import read_ground_truth
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """One quick demo (tiny backbone) shared by the tests of this module."""
-    from isc_qk.demo import run_demo
+    from isc_qk.pipeline.demo import run_demo
 
     work = tmp_path_factory.mktemp("demo")
     results = run_demo(work, quick=True, progress=False)
@@ -50,7 +52,7 @@ def test_demo_writes_the_table_with_every_method(demo_run):
 
 
 def test_rerun_resumes_without_redoing_finished_stages(demo_run):
-    from isc_qk.demo import run_demo
+    from isc_qk.pipeline.demo import run_demo
 
     work, _ = demo_run
     weights = sorted((work / "pipeline" / "models").rglob("*.weights.h5"))

@@ -19,15 +19,15 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(world):
-    from isc_qk.model import QKModel
+    from isc_qk.models.qk_model import QKModel
 
     return QKModel.load(world.model)
 
 
 def _expected_rows(model, side, folder):
     """The head inputs computed directly with the model, image by image (no chunking)."""
-    from isc_qk.images import list_images
-    from isc_qk.model_inputs import load_batch
+    from isc_qk.formats.images import list_images
+    from isc_qk.qk.inputs import load_batch
 
     files = list_images(folder)
     rows = []
@@ -39,9 +39,9 @@ def _expected_rows(model, side, folder):
 
 def test_gist256_matches_the_gist_pca_baseline(world, model):
     """One decode feeds both inputs; its GIST256 must be exactly the baseline's GIST-PCA256."""
-    from isc_qk.gist_pca import describe_gist_files
-    from isc_qk.images import list_images
-    from isc_qk.model_inputs import load_batch
+    from isc_qk.gist.files import describe_gist_files
+    from isc_qk.formats.images import list_images
+    from isc_qk.qk.inputs import load_batch
 
     files = list_images(world.aug)
     b = load_batch(files, 0, 64, model.pca)
@@ -53,8 +53,8 @@ def test_gist256_matches_the_gist_pca_baseline(world, model):
 
 
 def test_table_rows_are_the_head_inputs_in_float16(world, model, tmp_path):
-    from isc_qk.precompute import precompute, table_config
-    from isc_qk.row_store import open_table
+    from isc_qk.qk.precompute import precompute, table_config
+    from isc_qk.formats.feature_table import open_feature_table as open_table
 
     rep = precompute(world.model, "k", world.keys, tmp_path / "kfeats", batch=5, progress=False)
     ids, x = open_table(tmp_path / "kfeats")
@@ -70,9 +70,9 @@ def test_table_rows_are_the_head_inputs_in_float16(world, model, tmp_path):
 
 
 def test_interrupted_run_resumes_where_it_stopped(world, tmp_path, monkeypatch):
-    import isc_qk.model_inputs as mi
-    from isc_qk.precompute import precompute
-    from isc_qk.row_store import open_table
+    import isc_qk.qk.inputs as mi
+    from isc_qk.qk.precompute import precompute
+    from isc_qk.formats.feature_table import open_feature_table as open_table
 
     full = precompute(world.model, "q", world.aug, tmp_path / "full", batch=4, progress=False)
     real = mi.load_batch
@@ -102,7 +102,7 @@ def test_interrupted_run_resumes_where_it_stopped(world, tmp_path, monkeypatch):
 
 
 def test_other_settings_are_refused(world, tmp_path):
-    from isc_qk.precompute import precompute
+    from isc_qk.qk.precompute import precompute
 
     precompute(world.model, "k", world.keys, tmp_path / "t", batch=16, progress=False)
     with pytest.raises(UserError, match="other settings"):
@@ -110,8 +110,8 @@ def test_other_settings_are_refused(world, tmp_path):
 
 
 def test_shards_merge_to_the_unsharded_table(world, tmp_path):
-    from isc_qk.precompute import merge_precomputed, precompute, table_config
-    from isc_qk.row_store import open_table
+    from isc_qk.qk.precompute import merge_precomputed, precompute, table_config
+    from isc_qk.formats.feature_table import open_feature_table as open_table
 
     precompute(world.model, "k", world.keys, tmp_path / "whole", batch=8, progress=False)
     precompute(world.model, "k", world.keys, tmp_path / "sh", shard="0/3", batch=8, progress=False)
@@ -127,8 +127,8 @@ def test_shards_merge_to_the_unsharded_table(world, tmp_path):
 
 
 def test_unreadable_images_are_left_out_and_reported(world, model, tmp_path):
-    from isc_qk.precompute import precompute
-    from isc_qk.row_store import open_table
+    from isc_qk.qk.precompute import precompute
+    from isc_qk.formats.feature_table import open_feature_table as open_table
 
     folder = tmp_path / "imgs"
     shutil.copytree(world.keys, folder)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from isc_qk.errors import UserError
-from isc_qk.search import faiss_threads, global_top_pairs, knn_pairs, query_batches
+from isc_qk.evaluation.search import faiss_threads, global_top_pairs, knn_pairs, query_batches
 
 
 def _dyadic(rng, n, d, levels=9):

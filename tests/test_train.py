@@ -19,7 +19,7 @@ def world(tmp_path_factory):
 
     tf.config.experimental.enable_op_determinism()
     w = make_world(tmp_path_factory.mktemp("qk_train"))
-    from isc_qk.precompute import precompute
+    from isc_qk.qk.precompute import precompute
 
     # residual scale 1: the head's share of the descriptor is large, so a few dozen steps move the loss a lot
     w.fast = make_model(w.root, w.pca, "model_fast", residual_scale=1.0)
@@ -30,7 +30,7 @@ def world(tmp_path_factory):
 
 
 def _weights(model_dir):
-    from isc_qk.model import QKModel
+    from isc_qk.models.qk_model import QKModel
 
     m = QKModel.load(model_dir)
     return {part: [w.numpy() for w in getattr(m, part).weights] for part in ("q_backbone", "k_backbone", "q_head", "k_head")}
@@ -41,14 +41,14 @@ def _changed(a, b) -> dict:
 
 
 def _cfg(**kw):
-    from isc_qk.train import TrainConfig
+    from qk_world import train_config
 
     base = dict(batch_size=8, m=2, lr=1e-3, steps=30, checkpoint_every=1000, workers=1)
-    return TrainConfig(**{**base, **kw})
+    return train_config(**{**base, **kw})
 
 
 def test_train_q_loss_falls_and_trains_q_backbone_q_head_k_head(world, tmp_path):
-    from isc_qk.train import train
+    from isc_qk.qk.train import train
 
     out = tmp_path / "q1"
     rep = train(world.fast, world.root / "kfeats_fast", world.aug, out, _cfg(side="q"), progress=False)
@@ -71,7 +71,7 @@ def test_train_q_loss_falls_and_trains_q_backbone_q_head_k_head(world, tmp_path)
 
 
 def test_train_k_loss_falls_and_trains_k_backbone_k_head_q_head(world, tmp_path):
-    from isc_qk.train import train
+    from isc_qk.qk.train import train
 
     out = tmp_path / "k1"
     rep = train(world.fast, world.keys, world.root / "qfeats_fast", out, _cfg(side="k"), progress=False)
@@ -82,7 +82,7 @@ def test_train_k_loss_falls_and_trains_k_backbone_k_head_q_head(world, tmp_path)
 
 
 def test_batch_negatives_train_both_full_models(world, tmp_path):
-    from isc_qk.train import train
+    from isc_qk.qk.train import train
 
     out = tmp_path / "b1"
     rep = train(world.fast, world.keys, world.aug, out, _cfg(side="q", negatives="batch", steps=20), progress=False)
@@ -95,7 +95,7 @@ def test_batch_negatives_train_both_full_models(world, tmp_path):
 def test_exact_resume_after_crash(world, tmp_path, interrupt):
     """kill -9 (RuntimeError: no save, back to the last periodic checkpoint) or Ctrl-C (a
     checkpoint at the last finished step): the same call then ends with the same weights."""
-    from isc_qk.train import train
+    from isc_qk.qk.train import train
 
     cfg = _cfg(side="q", steps=10, checkpoint_every=3, lr=1e-3)
     ref = train(world.model, world.root / "kfeats", world.aug, tmp_path / "ref", cfg, progress=False)
@@ -118,14 +118,14 @@ def test_exact_resume_after_crash(world, tmp_path, interrupt):
 
 
 def test_changed_settings_or_mismatched_table_are_refused(world, tmp_path):
-    from isc_qk.train import train
+    from isc_qk.qk.train import train
 
     out = tmp_path / "r"
     train(world.model, world.root / "kfeats", world.aug, out, _cfg(side="q", steps=2), progress=False)
     with pytest.raises(UserError, match="other settings"):
         train(world.model, world.root / "kfeats", world.aug, out, _cfg(side="q", steps=2, lr=5e-4), progress=False)
     # a K table computed with another model's K backbone
-    from isc_qk.model import QKModel
+    from isc_qk.models.qk_model import QKModel
 
     other = QKModel.load(world.model)
     w = other.k_backbone.weights[0]

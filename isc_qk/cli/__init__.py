@@ -1,7 +1,7 @@
 """Command-line entry point: thin Typer commands that parse, call one function, print.
 
 Each area has its own module (`evaluate`, `augment`, `gist`, `train`, `pipeline`,
-`normalize`) that registers its commands on `app`. `main` turns user errors into one line on
+`normalize`) that registers its commands on `app`; `common` holds what they share. `main` turns user errors into one line on
 stderr and a non-zero exit, never a traceback, and says how to resume after Ctrl-C.
 """
 
@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BUG = 1
 
 
 # Commands that run TensorFlow models; they import it up front, quietly (see _quiet_tensorflow).
@@ -55,8 +56,12 @@ def _quiet_tensorflow() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; exit 2 with a one-line message on bad input, 130 on Ctrl-C."""
-    from ..progress import console
+    """Run the CLI; exit 2 with a one-line message on bad input, 130 on Ctrl-C.
+
+    A user's input can only cause `UserError` (and OSErrors such as a full disk); anything
+    else is a bug, shown with its traceback and a line asking to report it.
+    """
+    from ..ui import console
 
     args = sys.argv[1:] if argv is None else argv
     if any(a in TF_COMMANDS for a in args[:1]):
@@ -77,4 +82,19 @@ def main(argv: list[str] | None = None) -> None:
     except (typer.Abort, KeyboardInterrupt):
         console.print("interrupted: finished work is kept; run the same command again to resume")
         sys.exit(EXIT_INTERRUPTED)
+    except OSError as e:  # the system refused: disk full, permissions changed mid-run, ...
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        console.print(f"[bold red]error:[/] {where}{e.strerror or e}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USER_ERROR)
+    except MemoryError:
+        console.print("[bold red]error:[/] out of memory; use smaller batches or shards (--batch, --shard)",
+                      highlight=False)
+        sys.exit(EXIT_USER_ERROR)
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        console.print("[bold red]internal error:[/] this is a bug in isc-qk; please report it with the command "
+                      "line and the traceback above", highlight=False)
+        sys.exit(EXIT_BUG)
     sys.exit(rv if isinstance(rv, int) else 0)

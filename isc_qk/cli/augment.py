@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from ..configs import AugmentConfig, default
 from .app import app
 
 MAX_FAILED_SHOWN = 20
@@ -20,21 +21,21 @@ MAX_FAILED_SHOWN = 20
 def augment(
     images_dir: Path = typer.Argument(..., help="Folder of source images (.jpg/.jpeg/.png), e.g. the training set."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: QUERY.jpg files + manifest.csv."),
-    seed: int = typer.Option(0, "--seed", help="Recipe seed; same seed, id and copy give the same edit."),
-    copies: int = typer.Option(1, "--copies", "-k", help="Edited copies per image (ids SOURCE_a0, SOURCE_a1, ...)."),
+    seed: int = typer.Option(default(AugmentConfig, "seed"), "--seed", help="Recipe seed; same seed, id and copy give the same edit."),
+    copies: int = typer.Option(default(AugmentConfig, "copies"), "--copies", "-k", help="Edited copies per image (ids SOURCE_a0, SOURCE_a1, ...)."),
     workers: int = typer.Option(1, "--workers", "-w", help="Worker processes (the output does not depend on it)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Process only shard I/N of the sorted image list."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any image could not be read."),
-    max_side: int = typer.Option(512, "--max-side", help="Longest side of the output images (never enlarged)."),
-    quality: int = typer.Option(90, "--quality", help="JPEG quality of the outputs."),
+    max_side: int = typer.Option(default(AugmentConfig, "max_side"), "--max-side", help="Longest side of the output images (never enlarged)."),
+    quality: int = typer.Option(default(AugmentConfig, "jpeg_quality"), "--quality", help="JPEG quality of the outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write K randomly edited copies of every image (ISC-like query edits) plus a manifest."""
-    from ..augment import AugmentFailed, augment_folder
+    from ..augment.runner import AugmentFailed, augment_folder
 
+    cfg = AugmentConfig(seed=seed, copies=copies, max_side=max_side, jpeg_quality=quality)
     try:
-        report = augment_folder(images_dir, out, seed=seed, copies=copies, workers=workers, shard=shard,
-                                strict=strict, progress=not quiet, max_side=max_side, jpeg_quality=quality)
+        report = augment_folder(images_dir, out, cfg, workers=workers, shard=shard, strict=strict, progress=not quiet)
     except AugmentFailed as e:
         _print_report(e.report)
         raise
@@ -44,7 +45,7 @@ def augment(
 def _print_report(report) -> None:
     from rich.table import Table
 
-    from ..progress import console, out
+    from ..ui import console, out
 
     table = Table(title="augment", show_header=False)
     table.add_column("", style="bold")
@@ -62,7 +63,7 @@ def _print_report(report) -> None:
     for path, reason in report.failed[:MAX_FAILED_SHOWN]:
         console.print(f"[yellow]failed:[/] {reason}", highlight=False, soft_wrap=True)
     if len(report.failed) > MAX_FAILED_SHOWN:
-        console.print(f"... and {len(report.failed) - MAX_FAILED_SHOWN} more (see augment_report*.json)")
+        console.print(f"... and {len(report.failed) - MAX_FAILED_SHOWN} more (see augment*_report.json)")
     if report.ignored:
         shown = ", ".join(report.ignored[:5]) + (" ..." if len(report.ignored) > 5 else "")
         console.print(f"[yellow]ignored (no image suffix):[/] {shown}", highlight=False, soft_wrap=True)
@@ -73,9 +74,9 @@ def augment_merge(
     out: Path = typer.Argument(..., help="Output folder holding manifest.shard-I-of-N.csv files."),
 ) -> None:
     """Join the shard manifests of `augment --shard` into manifest.csv (sorted by query id)."""
-    from ..augment import merge_manifests
-    from ..io import read_manifest
-    from ..progress import out as stdout
+    from ..augment.runner import merge_manifests
+    from ..formats.manifest import read_manifest
+    from ..ui import out as stdout
 
     path = merge_manifests(out)
     stdout.print(f"merged {len(read_manifest(path))} rows into {path}", highlight=False)
@@ -84,6 +85,6 @@ def augment_merge(
 @app.command("augment-recipe")
 def augment_recipe() -> None:
     """Print the augmentation recipe (families, weights, parameter ranges) as markdown."""
-    from ..augment import render_recipe_markdown
+    from ..augment.recipe import render_recipe_markdown
 
     print(render_recipe_markdown(), end="")

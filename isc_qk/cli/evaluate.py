@@ -20,9 +20,11 @@ def submit(
     out: Annotated[Path, typer.Option("--out", help="Submission HDF5 to write.")],
 ) -> None:
     """Write the official descriptor-track submission (refuses d > 256, NaN, duplicates...)."""
-    from ..io import read_descriptors, write_submission
-    from ..progress import out as stdout
+    from ..formats import read_descriptors, write_submission
+    from ..stages.guard import check_paths
+    from ..ui import out as stdout
 
+    check_paths({"--out": out}, {**{f"--query {p}": p for p in query}, **{f"--reference {p}": p for p in reference}})
     q, r = read_descriptors(query), read_descriptors(reference)
     write_submission(out, q, r)
     stdout.print(f"wrote {out}: {len(q.ids):,} queries, {len(r.ids):,} references, {q.dim}-d")
@@ -50,15 +52,21 @@ def evaluate_uap(
     threads: Annotated[Optional[int], typer.Option("--threads", help="faiss threads [default: faiss's own].")] = None,
 ) -> None:
     """Exact ISC2021 micro-AP (global top-N by squared L2), recall@P90 and recall@rank."""
-    from ..evaluate import evaluate, load_ground_truth, plot_pr, result_table, to_json
-    from ..io import read_descriptors, read_submission, write_json
-    from ..progress import console, out
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.report import result_table, to_json
+    from ..formats import read_descriptors, read_ground_truth, read_submission, write_json
+    from ..plots import plot_pr
+    from ..stages.guard import check_paths
+    from ..ui import out, warn
 
+    inputs = {"--ground-truth": ground_truth, "--submission": submission,
+              **{f"--query {p}": p for p in query or []}, **{f"--reference {p}": p for p in reference or []}}
+    check_paths({"--json": json_path, "--plot": plot}, inputs)
     if submission is not None and (query or reference):
         raise UserError("give either --submission or --query/--reference, not both")
     if submission is None and not (query and reference):
         raise UserError("give --submission, or both --query and --reference")
-    gt = load_ground_truth(ground_truth)
+    gt = read_ground_truth(ground_truth)
     if submission is not None:
         sub = read_submission(submission)
         q, r = sub.query, sub.reference
@@ -66,7 +74,7 @@ def evaluate_uap(
         q, r = read_descriptors(query), read_descriptors(reference)
     res = evaluate(q, r, gt, max_results=max_results, knn=knn, all_queries=all_queries, threads=threads, progress=True)
     for w in res.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        warn(w)
     out.print(result_table(res))
     if json_path is not None:
         write_json(json_path, to_json(res))

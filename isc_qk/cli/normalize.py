@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from ..configs import NormConfig, default
 from .app import app
 
 
@@ -18,17 +19,17 @@ from .app import app
 def normalize_fit(
     train: list[Path] = typer.Option(..., "--train", help="Training-set descriptor HDF5 file(s) (repeatable)."),
     out: Path = typer.Option(..., "--out", help="Folder for the fitted normaliser (norm.npz + config.json)."),
-    method: str = typer.Option("nes", "--method", help="nes (negative-embedding subtraction), whiten, or none."),
-    k: int = typer.Option(10, "--k", help="nes: training neighbours averaged per vector."),
-    beta: float = typer.Option(0.35, "--beta", help="nes: weight of the subtracted neighbour mean."),
+    method: str = typer.Option(default(NormConfig, "method"), "--method", help="nes (negative-embedding subtraction), whiten, or none."),
+    k: int = typer.Option(default(NormConfig, "k"), "--k", help="nes: training neighbours averaged per vector."),
+    beta: float = typer.Option(default(NormConfig, "beta"), "--beta", help="nes: weight of the subtracted neighbour mean."),
     dba_k: int = typer.Option(
-        0, "--dba-k", help="nes: DBA neighbours for the training set (0 = off; 1st place used 10)."
+        default(NormConfig, "dba_k"), "--dba-k", help="nes: DBA neighbours for the training set (0 = off; 1st place used 10)."
     ),
-    dim: int = typer.Option(256, "--dim", help="Largest output dimension (<= 256)."),
+    dim: int = typer.Option(default(NormConfig, "dim"), "--dim", help="Largest output dimension (<= 256)."),
 ) -> None:
     """Fit score normalisation on TRAINING descriptors and save it as an artifact folder."""
-    from ..normalize import NormConfig, fit_normalizer_files
-    from ..progress import out as stdout
+    from ..normalize.files import fit_normalizer_files
+    from ..ui import out as stdout
 
     cfg = NormConfig(method=method, k=k, beta=beta, dba_k=dba_k, dim=dim)
     res = fit_normalizer_files(train, cfg, out)
@@ -47,8 +48,8 @@ def normalize(
     out: Path = typer.Option(..., "--out", help="Output descriptor HDF5 (same layout)."),
 ) -> None:
     """Apply a fitted normaliser to every vector of a descriptor file, each on its own."""
-    from ..normalize import normalize_file
-    from ..progress import out as stdout
+    from ..normalize.files import normalize_file
+    from ..ui import out as stdout
 
     res = normalize_file(norm, inp, out)
     verb = "up to date" if res.skipped else "wrote"

@@ -1,7 +1,8 @@
 """QK Iteration stages: `init-model`, `precompute`, `train-q`, `train-k`, `describe`.
 
-Thin commands: parse options, call one library function (`isc_qk.train`, `.precompute`,
-`.describe`), print a table. TensorFlow is imported inside the library calls only.
+Thin commands: parse options, call one library function (`qk.train`, `qk.precompute`,
+`qk.describe`, `models.init`), print a table. Defaults come from `isc_qk.configs`.
+TensorFlow is imported inside the library calls only.
 """
 
 from __future__ import annotations
@@ -11,64 +12,42 @@ from typing import Optional
 
 import typer
 
+from ..configs import LossConfig, ModelConfig, TrainConfig, default
 from ..errors import UserError
 from .app import app
-
-
-def _table(title: str, rows: dict) -> None:
-    from rich.table import Table
-
-    from ..progress import out
-
-    t = Table(title=title, show_header=False)
-    t.add_column("", style="bold")
-    t.add_column("")
-    for k, v in rows.items():
-        t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
-    out.print(t)
-
-
-def _warn_bad(bad: list[str]) -> None:
-    from ..progress import console
-
-    if bad:
-        shown = "; ".join(bad[:5]) + (f"; ... ({len(bad)} in all)" if len(bad) > 5 else "")
-        console.print(f"[yellow]warning:[/] {len(bad)} unreadable image(s) skipped: {shown}", highlight=False, soft_wrap=True)
-
-
-def _pca_file(path: Path) -> Path:
-    return path / "pca.npz" if path.is_dir() else path
+from .common import kv_table, warn_skipped, weights_option
 
 
 @app.command("init-model")
 def init_model_cmd(
     pca: Path = typer.Option(..., "--pca", help="Fitted GIST PCA (pca.npz, or the folder of `isc-qk gist-pca --train`)."),
     out: Path = typer.Option(..., "--out", help="Model folder to create."),
-    backbone: str = typer.Option("efficientnet-lite0", "--backbone", help="efficientnet-lite0/1/2, efficientnet-b3 or tiny."),
-    backbone_weights: Optional[str] = typer.Option(
-        "imagenet", "--backbone-weights", help="'imagenet', 'none' (random init) or a weights file."
-    ),
-    head_hidden: int = typer.Option(1024, "--head-hidden", min=1, help="Hidden width of the FFN head."),
-    residual_scale: float = typer.Option(0.01, "--residual-scale", help="descriptor = scale * FFN + gist256."),
-    head_shortcut: bool = typer.Option(False, "--head-shortcut/--no-head-shortcut",
+    backbone: str = typer.Option(default(ModelConfig, "backbone"), "--backbone",
+                                 help="efficientnet-lite0/1/2, efficientnet-b3 or tiny."),
+    backbone_weights: Optional[str] = typer.Option(default(ModelConfig, "backbone_weights"), "--backbone-weights",
+                                                   help="'imagenet', 'none' (random init) or a weights file."),
+    head_hidden: int = typer.Option(default(ModelConfig, "head_hidden"), "--head-hidden", min=1,
+                                    help="Hidden width of the FFN head."),
+    residual_scale: float = typer.Option(default(ModelConfig, "residual_scale"), "--residual-scale",
+                                         help="descriptor = scale * FFN + start vector."),
+    head_shortcut: bool = typer.Option(default(ModelConfig, "head_shortcut"), "--head-shortcut/--no-head-shortcut",
                                        help="Zero-initialised FFN output + linear shortcut: starts exactly at GIST."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the heads' initialisation."),
+    seed: int = typer.Option(default(ModelConfig, "seed"), "--seed", help="Seed of the heads' initialisation."),
 ) -> None:
-    """Create the starting QK model: pretrained backbones + GIST-residual heads (untrained, the
-    model reproduces GIST-PCA)."""
-    from ..gist_pca import PCAModel
-    from ..model import ModelConfig
-    from ..train import init_model
+    """Create the starting QK model: pretrained backbones + residual heads (untrained, the model
+    reproduces GIST-PCA)."""
+    from ..formats.pca import PCAModel
+    from ..gist.stage import resolve_pca_file
+    from ..models.init import init_model
 
-    pca_path = _pca_file(pca)
+    pca_path = resolve_pca_file(pca)
     if not pca_path.is_file():
         raise UserError(f"{pca_path}: GIST PCA file not found (run `isc-qk gist-pca --train DIR --out DIR` first)")
     dim = PCAModel.load(pca_path).dim
-    weights = None if (backbone_weights or "").lower() in ("", "none") else backbone_weights
-    cfg = ModelConfig(backbone=backbone, backbone_weights=weights, head_hidden=head_hidden, dim=dim,
-                      residual_scale=residual_scale, head_shortcut=head_shortcut, seed=seed)
+    cfg = ModelConfig(backbone=backbone, backbone_weights=weights_option(backbone_weights), head_hidden=head_hidden,
+                      dim=dim, residual_scale=residual_scale, head_shortcut=head_shortcut, seed=seed)
     path = init_model(pca_path, cfg, out)
-    _table("init-model", {"model": path, "backbone": backbone, "dim": dim, "head hidden": head_hidden})
+    kv_table("init-model", {"model": path, "backbone": backbone, "dim": dim, "head hidden": head_hidden})
 
 
 @app.command("precompute")
@@ -83,9 +62,9 @@ def precompute_cmd(
     workers: int = typer.Option(2, "--workers", min=1, help="Image-decoding threads."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Frozen-side feature table: concat(backbone(image), gist256) per image, float16,
+    """Frozen-side feature table: concat(backbone(image), start vector) per image, float16,
     chunked and resumable (re-run the same command to continue)."""
-    from ..precompute import merge_precomputed, precompute
+    from ..qk.precompute import merge_precomputed, precompute
 
     if merge:
         rep = merge_precomputed(out)
@@ -93,25 +72,61 @@ def precompute_cmd(
         if model is None or side is None or images is None:
             raise UserError("precompute needs --model, --side and --images (or --merge --out PREFIX)")
         rep = precompute(model, side, images, out, batch=batch, shard=shard, workers=workers, progress=progress)
-    _warn_bad(rep.bad)
-    _table("precompute", {"table": f"{rep.prefix}.npy", "rows": rep.rows, "width": rep.width,
-                          "computed now": rep.computed, "unreadable": len(rep.bad), "seconds": rep.seconds})
+    warn_skipped(rep.bad)
+    kv_table("precompute", {"table": f"{rep.prefix}.npy", "rows": rep.rows, "width": rep.width,
+                            "computed now": rep.computed, "unreadable": len(rep.bad), "seconds": rep.seconds})
 
 
-def _train_cmd(side: str, model, keys, queries, out, manifest, negatives, tau, m, w_pos, w_neg, batch, lr, lr_alpha,
-               epochs, steps, checkpoint_every, seed, chunk, workers, progress, distribute="default") -> None:
-    from ..distribute import make_strategy
-    from ..train import TrainConfig, train
+def _register_train_command(side: str, doc: str, keys_help: str, queries_help: str, model_help: str) -> None:
+    """train-q and train-k: one command body, the side fixed (defaults: `configs.TrainConfig`)."""
+    d = lambda name: default(TrainConfig, name)  # noqa: E731
+    loss = lambda name: default(LossConfig, name)  # noqa: E731
 
-    cfg = TrainConfig(side=side, negatives=negatives, tau=tau, m=m, w_pos=w_pos, w_neg=w_neg, batch_size=batch,
-                      lr=lr, lr_alpha=lr_alpha, epochs=epochs, steps=steps, checkpoint_every=checkpoint_every,
-                      seed=seed, chunk=chunk, workers=workers)
+    def command(
+        model: Path = typer.Option(..., "--model", help=model_help),
+        keys: Path = typer.Option(..., "--keys", help=keys_help),
+        queries: Path = typer.Option(..., "--queries", help=queries_help),
+        out: Path = typer.Option(..., "--out", help="New model folder (checkpoints, losses, report)."),
+        manifest: Optional[Path] = typer.Option(None, "--manifest", help="Augmentation manifest (default: QUERIES/manifest.csv)."),
+        negatives: str = typer.Option(d("negatives"), "--negatives", help="table: QK Iteration; batch: SimCLR-style in-batch negatives."),
+        tau: float = typer.Option(loss("tau"), "--tau", help="Temperature of P = exp(-d2/tau)."),
+        m: int = typer.Option(loss("m"), "--m", help="Hard negatives per positive (B*M negatives per step)."),
+        w_pos: float = typer.Option(loss("w_pos"), "--w-pos"),
+        w_neg: float = typer.Option(loss("w_neg"), "--w-neg"),
+        batch: int = typer.Option(d("batch_size"), "--batch", help="Batch size B."),
+        lr: float = typer.Option(d("lr"), "--lr", help="Adam learning rate (cosine decay)."),
+        lr_alpha: float = typer.Option(d("lr_alpha"), "--lr-alpha", help="Final lr = lr * alpha."),
+        epochs: float = typer.Option(d("epochs"), "--epochs", help="Passes over the training pairs."),
+        steps: Optional[int] = typer.Option(d("steps"), "--steps", help="Exact number of steps (overrides --epochs)."),
+        checkpoint_every: int = typer.Option(d("checkpoint_every"), "--checkpoint-every", help="Steps between checkpoints."),
+        seed: int = typer.Option(d("seed"), "--seed", help="Data-order seed."),
+        chunk: int = typer.Option(d("chunk"), "--chunk", help="Table rows per head pass when mining negatives."),
+        workers: int = typer.Option(d("workers"), "--workers", help="Image-decoding threads."),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        distribute: str = typer.Option(
+            "default", "--distribute",
+            help="default: one device; mirrored: split each batch across local GPUs (or logical CPUs); "
+            "multiworker: across machines (reads TF_CONFIG). Same loss as one device."),
+    ) -> None:
+        cfg = TrainConfig(side=side, negatives=negatives, loss=LossConfig(tau=tau, m=m, w_pos=w_pos, w_neg=w_neg),
+                          batch_size=batch, lr=lr, lr_alpha=lr_alpha, epochs=epochs, steps=steps,
+                          checkpoint_every=checkpoint_every, seed=seed, chunk=chunk, workers=workers)
+        _train(cfg, model, keys, queries, out, manifest, progress, distribute)
+
+    command.__doc__ = doc
+    app.command(f"train-{side}")(command)
+
+
+def _train(cfg: TrainConfig, model, keys, queries, out, manifest, progress: bool, distribute: str) -> None:
+    from ..qk.distribute import make_strategy
+    from ..qk.train import train
+    from ..ui import console
+
+    cfg.validate()
     rep = train(model, keys, queries, out, cfg, manifest=manifest, progress=progress, strategy=make_strategy(distribute))
     if rep.skipped:
-        from ..progress import console
-
         console.print(f"{out}: this run is already finished; nothing to do")
-    _table(f"train-{side}", {
+    kv_table(f"train-{cfg.side}", {
         "model": rep.out_dir, "negatives": rep.negatives, "steps": rep.steps, "batch": rep.batch_size,
         "pairs (rows)": rep.items, "table rows": rep.table_rows, "resumed from step": rep.resumed_from,
         "loss, first 5 steps": rep.first_loss, "loss, last 5 steps": rep.last_loss,
@@ -119,67 +134,22 @@ def _train_cmd(side: str, model, keys, queries, out, manifest, negatives, tau, m
     })
 
 
-_OPT = dict(
-    manifest=typer.Option(None, "--manifest", help="Augmentation manifest (default: QUERIES/manifest.csv)."),
-    negatives=typer.Option("table", "--negatives", help="table: QK Iteration; batch: SimCLR-style in-batch negatives."),
-    tau=typer.Option(0.07, "--tau", help="Temperature of P = exp(-d2/tau)."),
-    m=typer.Option(10, "--m", help="Hard negatives per positive (B*M negatives per step)."),
-    w_pos=typer.Option(1.0, "--w-pos"),
-    w_neg=typer.Option(3.0, "--w-neg"),
-    batch=typer.Option(32, "--batch", help="Batch size B."),
-    lr=typer.Option(1e-4, "--lr", help="Adam learning rate (cosine decay)."),
-    lr_alpha=typer.Option(0.5, "--lr-alpha", help="Final lr = lr * alpha."),
-    epochs=typer.Option(1.0, "--epochs", help="Passes over the training pairs."),
-    steps=typer.Option(None, "--steps", help="Exact number of steps (overrides --epochs)."),
-    checkpoint_every=typer.Option(500, "--checkpoint-every", help="Steps between checkpoints."),
-    seed=typer.Option(0, "--seed", help="Data-order seed."),
-    chunk=typer.Option(8192, "--chunk", help="Table rows per head pass when mining negatives."),
-    workers=typer.Option(2, "--workers", help="Image-decoding threads."),
-    progress=typer.Option(True, "--progress/--no-progress"),
-    distribute=typer.Option(
-        "default", "--distribute",
-        help="default: one device; mirrored: split each batch across local GPUs (or logical CPUs); "
-        "multiworker: across machines (reads TF_CONFIG). Same loss as one device.",
-    ),
-)
-
-
-@app.command("train-q")
-def train_q_cmd(
-    model: Path = typer.Option(..., "--model", help="Starting QK model folder."),
-    keys: Path = typer.Option(..., "--keys", help="K feature table prefix (precompute --side k); an image folder with --negatives batch."),
-    queries: Path = typer.Option(..., "--queries", help="Augmented images folder with manifest.csv."),
-    out: Path = typer.Option(..., "--out", help="New model folder (checkpoints, losses, report)."),
-    manifest: Optional[Path] = _OPT["manifest"], negatives: str = _OPT["negatives"], tau: float = _OPT["tau"],
-    m: int = _OPT["m"], w_pos: float = _OPT["w_pos"], w_neg: float = _OPT["w_neg"], batch: int = _OPT["batch"],
-    lr: float = _OPT["lr"], lr_alpha: float = _OPT["lr_alpha"], epochs: float = _OPT["epochs"],
-    steps: Optional[int] = _OPT["steps"], checkpoint_every: int = _OPT["checkpoint_every"], seed: int = _OPT["seed"],
-    chunk: int = _OPT["chunk"], workers: int = _OPT["workers"], progress: bool = _OPT["progress"],
-    distribute: str = _OPT["distribute"],
-) -> None:
+_register_train_command(
+    "q",
     """Train Q backbone, Q head and K head; each step pushes B queries against ALL keys of the
-    table (K head over the precomputed K features). Re-run the same command to resume."""
-    _train_cmd("q", model, keys, queries, out, manifest, negatives, tau, m, w_pos, w_neg, batch, lr, lr_alpha,
-               epochs, steps, checkpoint_every, seed, chunk, workers, progress, distribute)
-
-
-@app.command("train-k")
-def train_k_cmd(
-    model: Path = typer.Option(..., "--model", help="Starting QK model folder (usually train-q's output)."),
-    keys: Path = typer.Option(..., "--keys", help="Training images folder (the keys)."),
-    queries: Path = typer.Option(..., "--queries", help="Q feature table prefix (precompute --side q on the augmented images); the augmented folder with --negatives batch."),
-    out: Path = typer.Option(..., "--out", help="New model folder (checkpoints, losses, report)."),
-    manifest: Optional[Path] = _OPT["manifest"], negatives: str = _OPT["negatives"], tau: float = _OPT["tau"],
-    m: int = _OPT["m"], w_pos: float = _OPT["w_pos"], w_neg: float = _OPT["w_neg"], batch: int = _OPT["batch"],
-    lr: float = _OPT["lr"], lr_alpha: float = _OPT["lr_alpha"], epochs: float = _OPT["epochs"],
-    steps: Optional[int] = _OPT["steps"], checkpoint_every: int = _OPT["checkpoint_every"], seed: int = _OPT["seed"],
-    chunk: int = _OPT["chunk"], workers: int = _OPT["workers"], progress: bool = _OPT["progress"],
-    distribute: str = _OPT["distribute"],
-) -> None:
+    table (K head over the precomputed K features). Re-run the same command to resume.""",
+    keys_help="K feature table prefix (precompute --side k); an image folder with --negatives batch.",
+    queries_help="Augmented images folder with manifest.csv.",
+    model_help="Starting QK model folder.",
+)
+_register_train_command(
+    "k",
     """Train K backbone, K head and Q head; each step pushes B keys against ALL queries of the
-    table (Q head over the precomputed Q features). Re-run the same command to resume."""
-    _train_cmd("k", model, keys, queries, out, manifest, negatives, tau, m, w_pos, w_neg, batch, lr, lr_alpha,
-               epochs, steps, checkpoint_every, seed, chunk, workers, progress, distribute)
+    table (Q head over the precomputed Q features). Re-run the same command to resume.""",
+    keys_help="Training images folder (the keys).",
+    queries_help="Q feature table prefix (precompute --side q on the augmented images); the augmented folder with --negatives batch.",
+    model_help="Starting QK model folder (usually train-q's output).",
+)
 
 
 @app.command("describe")
@@ -196,7 +166,7 @@ def describe_cmd(
 ) -> None:
     """256-d float32 descriptors of every image (queries with the Q model, references with K);
     unreadable images are skipped and listed. Resumable."""
-    from ..describe import describe, merge_descriptors
+    from ..qk.describe import describe, merge_descriptors
 
     if merge:
         rep = merge_descriptors(out)
@@ -204,6 +174,6 @@ def describe_cmd(
         if model is None or side is None or images is None:
             raise UserError("describe needs --model, --side and --images (or --merge --out SET.h5)")
         rep = describe(model, side, images, out, batch=batch, shard=shard, workers=workers, progress=progress)
-    _warn_bad(rep.bad)
-    _table("describe", {"descriptors": rep.out, "images": rep.descriptors, "dim": rep.dim,
-                        "computed now": rep.computed, "unreadable": len(rep.bad), "seconds": rep.seconds})
+    warn_skipped(rep.bad)
+    kv_table("describe", {"descriptors": rep.out, "images": rep.descriptors, "dim": rep.dim,
+                          "computed now": rep.computed, "unreadable": len(rep.bad), "seconds": rep.seconds})

@@ -1,0 +1,93 @@
+"""Feature tables: ``PREFIX.npy`` (float16 or float32, n x D, memory-mappable) + ``PREFIX.ids.txt``.
+
+Precomputed frozen-side backbone features (one row per image, the head input) and cached
+per-image vectors. The .npy is written last, so ``PREFIX.npy`` existing means the table is
+finished; its sidecars (``PREFIX.config.json`` ...) are the stage layer's business.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .atomic import atomic_path
+from .ids import check_unique
+
+
+def strip_npy(prefix: str | os.PathLike) -> str:
+    """The prefix without a trailing ``.npy`` (users may name either)."""
+    s = os.fspath(prefix)
+    return s[:-4] if s.endswith(".npy") else s
+
+
+def feature_table_paths(prefix: str | os.PathLike) -> tuple[Path, Path]:
+    """(``PREFIX.npy``, ``PREFIX.ids.txt``). Built by appending, so a prefix with a dot
+    (``feats.shard-0-of-4``) keeps its name; a trailing ``.npy`` on the prefix is ignored."""
+    s = strip_npy(prefix)
+    return Path(s + ".npy"), Path(s + ".ids.txt")
+
+
+def is_feature_table(prefix: str | os.PathLike) -> bool:
+    return feature_table_paths(prefix)[0].is_file()
+
+
+def write_ids(path: str | os.PathLike, ids: Sequence[str]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{i}\n" for i in ids))
+
+
+def read_ids(path: str | os.PathLike) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    return [line for line in path.read_text().splitlines() if line]
+
+
+def open_feature_table(prefix: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Memory-map a finished feature table read-only; its ids must match its rows one to one."""
+    npy, ids_path = feature_table_paths(prefix)
+    if not npy.is_file():
+        raise UserError(f"{npy}: feature table not found (run `isc-qk precompute` first)")
+    try:
+        x = np.load(npy, mmap_mode="r")
+    except ValueError as e:
+        raise UserError(f"{npy}: not a valid .npy file ({e})") from None
+    if x.ndim != 2:
+        raise UserError(f"{npy}: expected a 2-D table, got shape {x.shape}")
+    ids = read_ids(ids_path)
+    if len(ids) != x.shape[0]:
+        raise UserError(f"{npy}: {x.shape[0]} rows but {len(ids)} ids in {ids_path}")
+    check_unique(ids, str(ids_path))
+    return ids, x
+
+
+COPY_CHUNK = 65536  # rows copied at a time when compacting or concatenating
+
+
+def write_table_rows(npy: str | os.PathLike, sources: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> int:
+    """Stream rows into a new ``.npy`` atomically: each source is (array, row indices or None = all).
+
+    Used to drop unreadable rows from a filled table and to concatenate shard tables without
+    holding a million rows in memory. Returns the number of rows written.
+    """
+    total = sum(len(x) if rows is None else len(rows) for x, rows in sources)
+    widths = {x.shape[1] for x, _ in sources}
+    dtypes = {np.dtype(x.dtype) for x, _ in sources}
+    if len(widths) != 1 or len(dtypes) != 1:
+        raise UserError(f"{npy}: parts differ in width or dtype ({sorted(widths)}, {sorted(map(str, dtypes))})")
+    with atomic_path(npy) as tmp:
+        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtypes.pop(), shape=(total, widths.pop()))
+        at = 0
+        for x, rows in sources:
+            n = len(x) if rows is None else len(rows)
+            for s in range(0, n, COPY_CHUNK):
+                block = x[s : s + COPY_CHUNK] if rows is None else x[rows[s : s + COPY_CHUNK]]
+                dst[at : at + len(block)] = block
+                at += len(block)
+        dst.flush()
+        del dst
+    return total

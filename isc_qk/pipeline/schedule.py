@@ -1,0 +1,269 @@
+"""The whole QK schedule in one call, by calling the same stage functions as the commands.
+
+    gist-pca -> augment -> init-model -> [precompute K -> train-q | precompute Q -> train-k]...
+
+on a DISC-layout folder (``train/``, ``references/``, ``queries/``, ``ground_truth.csv``).
+After every phase the queries are described with Q and the references with K, evaluated, and a
+row is appended to the results table next to the baselines on the same data: GIST-PCA256,
+off-the-shelf ImageNet backbone features (pooled, L2, PCA-256 fitted on train, L2), and the
+in-batch-negatives model trained for the same number of image passes. Score-normalised rows
+(`isc_qk.normalize`) are added for the baselines and the final QK model.
+
+Every stage is resumable and skipped when its artifact is complete (each stage checks its own
+record), so re-running after a crash continues where it stopped; a changed setting that
+invalidates an artifact is refused, by the pipeline's own record or by that stage.
+
+Work folder::
+
+    WORK/pipeline_config.json     the record (a different run into the same folder is refused)
+    WORK/gist/                    pca.npz + GIST-PCA256 descriptors of train/references/queries
+    WORK/aug/                     augmented training queries + manifest.csv
+    WORK/models/start, Q1, K1...  model folders (start = ImageNet backbones + GIST residual)
+    WORK/feats/                   float16 feature tables (frozen side of each phase)
+    WORK/desc/<run>/              per-set descriptors of each evaluated model
+    WORK/results.{json,md,png}    the table
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..configs import NormConfig, PipelineConfig, TrainConfig
+from ..errors import UserError
+from ..evaluation.evaluate import evaluate
+from ..formats import Descriptors, read_descriptors, read_ground_truth, write_descriptors
+from ..formats.images import list_images
+from ..formats.results import ResultRow, Results
+from ..stages import fingerprint
+from ..stages.artifact import Artifact, Input
+from ..ui import console
+from ..vectors import fit_pca, l2_normalize
+from .report import curve_of, write_all
+
+QK, GIST, IMAGENET, INBATCH = "QK Iteration", "GIST-PCA256", "ImageNet features", "in-batch negatives"
+
+
+class Data:
+    """A DISC-layout folder, checked up front so a typo fails in a second, not after an hour."""
+
+    SETS = ("train", "references", "queries")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for sub in self.SETS:
+            if not (root / sub).is_dir():
+                raise UserError(f"{root}: not a DISC-layout folder (missing {sub}/)")
+        if not self.gt_path.is_file():
+            raise UserError(f"{root}: missing ground_truth.csv")
+
+    train = property(lambda self: self.root / "train")
+    references = property(lambda self: self.root / "references")
+    queries = property(lambda self: self.root / "queries")
+    gt_path = property(lambda self: self.root / "ground_truth.csv")
+
+    def fingerprint(self) -> str:
+        parts = [fingerprint.of_image_list(list_images(self.root / s)) for s in self.SETS]
+        return fingerprint.of_bytes(*parts, fingerprint.of_file(self.gt_path))
+
+
+class Pipeline:
+    def __init__(self, data: str | os.PathLike, work: str | os.PathLike, cfg: PipelineConfig, progress: bool = True):
+        cfg.validate()
+        self.data, self.work, self.cfg, self.progress = Data(Path(data)), Path(work), cfg, progress
+        self.artifact = Artifact(self.work, "pipeline", layout="folder", stage="pipeline")
+        self.gt = read_ground_truth(self.data.gt_path)
+        self.results = Results(self.work / "results.json")
+
+    # ------------------------------------------------------------------ helpers
+    def _say(self, msg: str) -> None:
+        console.print(f"[bold cyan]pipeline[/] {msg}")
+
+    def _evaluate(self, method: str, phase: str, q: Descriptors, r: Descriptors, passes: float, t0: float,
+                  normalization: str = "none") -> ResultRow:
+        res = evaluate(q, r, self.gt)
+        row = ResultRow(method, phase, normalization, res.micro_ap, res.recall_at_p90, res.recall_at_rank1,
+                        passes, round(time.time() - t0, 1), curve_of(res))
+        self.results.add(row)
+        write_all(self.work, self.results, self._header())
+        p90 = "not reached" if res.recall_at_p90 is None else f"{res.recall_at_p90:.4f}"
+        self._say(f"{method} {phase} {normalization}: micro-AP {res.micro_ap:.4f}, R@P90 {p90}")
+        return row
+
+    def _header(self) -> str:
+        c, t = self.cfg, self.cfg.train
+        return (f"Data: `{self.data.root}`; backbone {c.model.backbone}; {c.epochs_per_phase:g} epoch(s) per phase; "
+                f"batch {t.batch_size}; lr {t.lr:g}; tau {t.loss.tau:g}; M {t.loss.m}; seed {t.seed}.")
+
+    def _train_cfg(self, side: str, negatives: str = "table", passes: float | None = None) -> TrainConfig:
+        """A stage's TrainConfig; `passes` = training queries to see / number of training images.
+
+        train-q iterates over the augmented queries (copies per image), train-k and the in-batch
+        model over the training images, so their epochs are converted to the same image count.
+        """
+        c = self.cfg
+        passes = passes or c.epochs_per_phase
+        epochs = passes / c.augment.copies if (side == "q" and negatives == "table") else passes
+        return dataclasses.replace(c.train, side=side, negatives=negatives, epochs=epochs, workers=c.workers)
+
+    # ------------------------------------------------------------------ stages
+    def gist(self) -> Path:
+        from ..gist.stage import describe_gist_set, fit_gist_pca
+
+        pca = fit_gist_pca(self.data.train, self.work / "gist", self.cfg.gist, workers=self.cfg.workers)
+        for name in ("references", "queries"):
+            describe_gist_set(pca, getattr(self.data, name), self.work / "gist" / f"{name}.h5",
+                              workers=self.cfg.workers, progress=self.progress)
+        return pca
+
+    def augment(self) -> Path:
+        from ..augment.runner import augment_folder
+
+        out = self.work / "aug"
+        augment_folder(self.data.train, out, self.cfg.augment, workers=self.cfg.workers, progress=self.progress)
+        return out
+
+    def start_model(self, pca: Path) -> Path:
+        from ..models.init import init_model
+
+        return init_model(pca, dataclasses.replace(self.cfg.model, dim=self.cfg.gist.dim), self.work / "models" / "start")
+
+    def table(self, model: Path, side: str, images: Path) -> Path:
+        """Feature table of `images` by `model`'s `side` backbone, shared by every stage that needs it."""
+        from ..qk.precompute import precompute
+
+        prefix = self.work / "feats" / f"{model.name}.{side}.{images.name}"
+        precompute(model, side, images, prefix, workers=self.cfg.workers, progress=self.progress)
+        return prefix
+
+    def describe_pair(self, model: Path, run: str) -> tuple[Descriptors, Descriptors]:
+        from ..qk.describe import describe
+
+        out = self.work / "desc" / run
+        describe(model, "q", self.data.queries, out / "queries.h5", workers=self.cfg.workers, progress=self.progress)
+        describe(model, "k", self.data.references, out / "references.h5", workers=self.cfg.workers,
+                 progress=self.progress)
+        return read_descriptors(out / "queries.h5"), read_descriptors(out / "references.h5")
+
+    def train_descriptors(self, model: Path, run: str) -> Descriptors:
+        """K-side descriptors of the training images: the statistics for score normalisation."""
+        from ..qk.describe import describe
+
+        out = self.work / "desc" / run / "train.h5"
+        describe(model, "k", self.data.train, out, workers=self.cfg.workers, progress=self.progress)
+        return read_descriptors(out)
+
+    # ------------------------------------------------------------------ baselines
+    def gist_baseline(self) -> None:
+        from ..gist.stage import describe_gist_set
+
+        t0 = time.time()
+        g = self.work / "gist"
+        q, r = read_descriptors(g / "queries.h5"), read_descriptors(g / "references.h5")
+        if not self.results.get(GIST, "-"):
+            self._evaluate(GIST, "-", q, r, 0, t0)
+        if self.cfg.normalizations:
+            describe_gist_set(g / "pca.npz", self.data.train, g / "train.h5", workers=self.cfg.workers,
+                              progress=self.progress)
+            self._normalized_rows(GIST, "-", read_descriptors(g / "train.h5"), q, r)
+
+    def imagenet_baseline(self, start: Path) -> None:
+        """Pooled ImageNet features (the start model's K backbone), L2, PCA-256 fitted on train, L2."""
+        from ..formats import open_feature_table
+        from ..models.backbones import backbone_spec
+
+        t0 = time.time()
+        fdim = backbone_spec(self.cfg.model.backbone).feature_dim
+        sets = {}
+        for name, images in (("train", self.data.train), ("references", self.data.references),
+                             ("queries", self.data.queries)):
+            ids, x = open_feature_table(self.table(start, "k", images))
+            sets[name] = (ids, l2_normalize(np.asarray(x[:, :fdim], dtype=np.float32)))
+        dim = min(self.cfg.gist.dim, fdim, len(sets["train"][0]))
+        pca = fit_pca(sets["train"][1], dim)
+        desc = {n: Descriptors(ids, l2_normalize(pca.transform(x))) for n, (ids, x) in sets.items()}
+        out = self.work / "desc" / "imagenet"
+        for n, d in desc.items():
+            write_descriptors(out / f"{n}.h5", d)
+        if not self.results.get(IMAGENET, "-"):
+            self._evaluate(IMAGENET, "-", desc["queries"], desc["references"], 0, t0)
+        self._normalized_rows(IMAGENET, "-", desc["train"], desc["queries"], desc["references"])
+
+    def inbatch_baseline(self, start: Path, aug: Path) -> None:
+        from ..qk.train import train
+
+        passes = self.cfg.epochs_per_phase * len(self.cfg.phases)
+        if self.results.get(INBATCH, "-"):
+            return
+        t0 = time.time()
+        out = self.work / "models" / "inbatch"
+        train(start, self.data.train, aug, out, self._train_cfg("q", "batch", passes=passes), progress=self.progress)
+        q, r = self.describe_pair(out, "inbatch")
+        self._evaluate(INBATCH, "-", q, r, passes, t0)
+
+    def _normalized_rows(self, method: str, phase: str, train: Descriptors, q: Descriptors, r: Descriptors,
+                         passes: float = 0.0) -> None:
+        from ..normalize.normalizer import fit_normalizer
+
+        for m in self.cfg.normalizations:
+            if self.results.get(method, phase, m):
+                continue
+            t0 = time.time()
+            norm = fit_normalizer(train, NormConfig(method=m, dim=min(self.cfg.gist.dim, train.dim)))
+            self._evaluate(method, phase, norm.apply_descriptors(q), norm.apply_descriptors(r), passes, t0, m)
+
+    # ------------------------------------------------------------------ the schedule
+    def run(self) -> Results:
+        inputs = [Input("--data", self.data.root, self.data.fingerprint())]
+        with self.artifact.open(self.cfg, inputs, ignore=("baselines", "normalizations", "workers"), skip_done=False):
+            self._schedule()
+            self.artifact.finish({"rows": len(self.results.rows)})
+        return self.results
+
+    def _schedule(self) -> None:
+        c = self.cfg
+        self._say(f"data {self.data.root}, work {self.work}")
+        pca = self.gist()
+        if "gist" in c.baselines:
+            self.gist_baseline()
+        aug = self.augment()
+        current = self.start_model(pca)
+        if "imagenet" in c.baselines:
+            self.imagenet_baseline(current)
+        current, passes = self._phases(current, aug)
+        if c.normalizations and c.phases:
+            final = c.phases[-1]
+            q, r = self.describe_pair(current, final)
+            self._normalized_rows(QK, final, self.train_descriptors(current, final), q, r, passes)
+        if "inbatch" in c.baselines:
+            self.inbatch_baseline(self.work / "models" / "start", aug)
+        write_all(self.work, self.results, self._header())
+
+    def _phases(self, current: Path, aug: Path) -> tuple[Path, float]:
+        """Q1, K1, Q2...: each trains from the previous phase's model, then is evaluated."""
+        from ..qk.train import train
+
+        passes = 0.0
+        for phase in self.cfg.phases:
+            t0 = time.time()
+            out = self.work / "models" / phase
+            if phase.startswith("Q"):  # keys: frozen K backbone features of the training images
+                keys = self.table(current, "k", self.data.train)
+                train(current, keys, aug, out, self._train_cfg("q"), progress=self.progress)
+            else:  # queries: frozen Q backbone features of the augmented images
+                queries = self.table(current, "q", aug)
+                train(current, self.data.train, queries, out, self._train_cfg("k"), progress=self.progress)
+            current, passes = out, passes + self.cfg.epochs_per_phase
+            if not self.results.get(QK, phase):
+                q, r = self.describe_pair(current, phase)
+                self._evaluate(QK, phase, q, r, passes, t0)
+        return current, passes
+
+
+def run_pipeline(data: str | os.PathLike, work: str | os.PathLike, cfg: PipelineConfig, progress: bool = True) -> Results:
+    """Run (or resume) the whole schedule; returns the results table."""
+    return Pipeline(data, work, cfg, progress).run()

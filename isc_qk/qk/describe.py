@@ -1,0 +1,128 @@
+"""Descriptors of an image folder with a trained QK model, in the official per-set HDF5 layout.
+
+Queries are described with the Q model and references (and training images, for score
+normalisation) with the K model: the two sides are different models by design.
+
+The work is chunked and resumable like `precompute` (float32 rows in the artifact's
+``partial.npy``; `stages.rows`); the HDF5 (``vectors`` float32 + ``image_names``) is written
+atomically at the end. Unreadable images get no descriptor and are listed in the report
+(``OUT.report.json``). ``--shard I/N`` writes ``OUT.shard-I-of-N.h5``; `merge_descriptors`
+joins the shards in order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..formats.descriptors import read_descriptors, write_descriptors
+from ..formats.images import list_images
+from ..stages import fingerprint
+from ..stages.artifact import Artifact, Input
+from ..stages.rows import fill_rows, write_descriptor_rows
+from ..stages.shards import Shard
+from ..ui import ticker
+from .inputs import ChunkReader, run_padded
+
+KIND = "qk-descriptors"
+
+
+@dataclass
+class DescribeConfig:
+    side: str
+    n_images: int
+    shard: str
+    model_fingerprint: str  # the side's backbone + start PCA, and its head
+    dim: int
+
+
+@dataclass
+class DescribeReport:
+    out: str
+    descriptors: int
+    dim: int
+    bad: list[str] = field(default_factory=list)
+    computed: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def descriptors_artifact(out_h5: str | os.PathLike) -> Artifact:
+    return Artifact(out_h5, KIND, layout="file", stage="describe")
+
+
+def describe(
+    model_dir: str | os.PathLike,
+    side: str,
+    images_dir: str | os.PathLike,
+    out_h5: str | os.PathLike,
+    batch: int = 32,
+    shard: Shard | str | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> DescribeReport:
+    """Write `side`'s descriptors (float32, n x dim) of every readable image of `images_dir`."""
+    from ..models.qk_model import QKModel
+
+    if side not in ("q", "k"):
+        raise UserError(f"--side must be q or k, not {side!r}")
+    if batch < 1:
+        raise UserError(f"--batch must be >= 1, got {batch}")
+    out = Path(out_h5)
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise UserError(f"{out}: the output must be an .h5 file")
+    shard = Shard.parse(shard)
+    t0 = time.perf_counter()
+    images = list_images(images_dir)
+    files = shard.select(images)
+    if not files:
+        raise UserError(f"{images_dir}: shard {shard} has no images")
+    art = descriptors_artifact(out).sharded(shard)
+    model = QKModel.load(model_dir)
+    cfg = DescribeConfig(side, len(files), str(shard), model.side_fingerprint(side), model.cfg.dim)
+    inputs = [Input("--images", Path(images_dir), fingerprint.of_image_list(images))]
+    with art.open(cfg, inputs, check={"--model": model_dir}) as state:
+        if state.done:
+            d = read_descriptors(art.path)
+            return DescribeReport(str(art.path), len(d.ids), d.dim, state.report.get("bad", []), 0,
+                                  round(time.perf_counter() - t0, 3))
+        import tensorflow as tf
+
+        fn = tf.function(lambda px, g: model.describe(side, px, g), reduce_retracing=True)
+        with ChunkReader(files, model.spec.input_size, model.pca, batch, workers) as reader, \
+                ticker(progress, len(files), f"describe {side}") as tick:
+
+            def compute(start: int, stop: int):
+                b = reader(start, stop)
+                return run_padded(fn, batch, b.pixels, b.gist256).astype(np.float32), b.bad
+
+            filled = fill_rows(art, len(files), cfg.dim, "float32", compute, batch, tick)
+        desc = write_descriptor_rows(filled, [f.id for f in files], art.path, str(images_dir))
+        rep = DescribeReport(str(art.path), len(desc.ids), cfg.dim, filled.bad_list([f.path for f in files]),
+                             filled.rows_computed, round(time.perf_counter() - t0, 3))
+        art.finish(rep.to_dict())
+    return rep
+
+
+def merge_descriptors(out_h5: str | os.PathLike) -> DescribeReport:
+    """Join finished shard files ``OUT.shard-I-of-N.h5`` in shard order into ``OUT``."""
+    t0 = time.perf_counter()
+    art = descriptors_artifact(out_h5)
+    shards = art.shards()
+    config, inputs = art.merged_record(shards)
+    config["n_images"] = sum(int(s.record()["config"]["n_images"]) for s in shards)
+    with art.lock():
+        d = read_descriptors([s.path for s in shards])
+        art.write_merged_record(config, inputs)
+        write_descriptors(art.path, d)
+        bad = [b for s in shards for b in s.report().get("bad", [])]
+        rep = DescribeReport(str(art.path), len(d.ids), d.dim, bad, len(d.ids), round(time.perf_counter() - t0, 3))
+        art.finish(rep.to_dict())
+    return rep

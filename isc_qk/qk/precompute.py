@@ -1,0 +1,170 @@
+"""Frozen-side feature tables: concat(backbone(image), start256) for every image, float16 on disk.
+
+Why: in QK Iteration one backbone is frozen while the other side trains, so its features
+never change during that stage. Computing them once lets every training step push against
+ALL T images: only the (cheap) head runs over the table each step. Table row i is exactly
+the head input `QKModel.features(side, ...)` of image i, stored as float16 (the paper's
+mixed precision; halves memory and disk for a million rows).
+
+Layout: ``PREFIX.npy`` (float16, n x (feature_dim + dim), memory-mappable), ``PREFIX.ids.txt``
+and the stage sidecars ``PREFIX.config.json`` (side, backbone, the model's fingerprint, the
+images' fingerprint...) and ``PREFIX.report.json``. Work is chunked and resumable
+(`stages.rows`); ``--shard I/N`` writes ``PREFIX.shard-I-of-N.*`` and `merge_precomputed`
+concatenates the shards into the table an unsharded run would write.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..configs import from_dict
+from ..errors import UserError
+from ..formats.ids import check_unique
+from ..formats.feature_table import feature_table_paths, open_feature_table, write_ids, write_table_rows
+from ..formats.images import list_images
+from ..stages import fingerprint
+from ..stages.artifact import Artifact, Input
+from ..stages.rows import fill_rows, write_table
+from ..stages.shards import Shard
+from ..ui import ticker
+from .inputs import ChunkReader, run_padded
+
+KIND = "qk-feature-table"
+TABLE_DTYPE = "float16"
+
+
+@dataclass
+class PrecomputeConfig:
+    """Everything the table's content depends on (batch size and workers do not matter)."""
+
+    side: str
+    n_images: int
+    shard: str
+    backbone: str
+    input_size: int
+    feature_dim: int
+    dim: int
+    model_fingerprint: str  # this side's backbone weights + the start PCA
+    dtype: str = TABLE_DTYPE
+    images_dir: str = ""  # where the images were (for `default_manifest`); not compared
+
+
+@dataclass
+class PrecomputeReport:
+    prefix: str
+    rows: int
+    width: int
+    bad: list[str] = field(default_factory=list)  # "path: reason" of images left out
+    computed: int = 0  # rows computed by this call (0: the table was already finished)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def table_artifact(prefix: str | os.PathLike) -> Artifact:
+    return Artifact(prefix, KIND, layout="prefix", stage="precompute")
+
+
+def table_config(prefix: str | os.PathLike) -> PrecomputeConfig | None:
+    """The settings saved next to a table, or None if it has none (made by another tool)."""
+    rec = table_artifact(prefix).record()
+    return from_dict(PrecomputeConfig, rec["config"]) if rec and rec.get("kind") == KIND else None
+
+
+def precompute(
+    model_dir: str | os.PathLike,
+    side: str,
+    images_dir: str | os.PathLike,
+    out_prefix: str | os.PathLike,
+    batch: int = 32,
+    shard: Shard | str | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> PrecomputeReport:
+    """Write the feature table of `side` ("q" or "k") for every image of `images_dir`.
+
+    Resumes an interrupted run, skips a finished one with the same settings, and refuses to
+    overwrite a table made with other settings or inputs (another model, side or folder).
+    """
+    from ..models.qk_model import QKModel
+
+    if side not in ("q", "k"):
+        raise UserError(f"--side must be q or k, not {side!r}")
+    if batch < 1:
+        raise UserError(f"--batch must be >= 1, got {batch}")
+    shard = Shard.parse(shard)
+    t0 = time.perf_counter()
+    images = list_images(images_dir)
+    files = shard.select(images)
+    if not files:
+        raise UserError(f"{images_dir}: shard {shard} has no images")
+    art = table_artifact(out_prefix).sharded(shard)
+    model = QKModel.load(model_dir)
+    cfg = PrecomputeConfig(
+        side=side,
+        n_images=len(files),
+        shard=str(shard),
+        backbone=model.cfg.backbone,
+        input_size=model.spec.input_size,
+        feature_dim=model.spec.feature_dim,
+        dim=model.cfg.dim,
+        model_fingerprint=model.backbone_fingerprint(side),
+        images_dir=str(Path(images_dir).resolve()),
+    )
+    inputs = [Input("--images", Path(images_dir), fingerprint.of_image_list(images))]
+    npy, ids_txt = feature_table_paths(art.path)
+    with art.open(cfg, inputs, check={"--model": model_dir, "--out (ids)": ids_txt}, ignore=("images_dir",)) as state:
+        if state.done:
+            ids, x = open_feature_table(art.path)
+            return PrecomputeReport(str(art.path), len(ids), x.shape[1], state.report.get("bad", []), 0,
+                                    round(time.perf_counter() - t0, 3))
+        import tensorflow as tf
+
+        features = tf.function(lambda px, g: model.features(side, px, g), reduce_retracing=True)
+        width = cfg.feature_dim + cfg.dim
+        with ChunkReader(files, cfg.input_size, model.pca, batch, workers) as reader, \
+                ticker(progress, len(files), f"precompute {side}") as tick:
+
+            def compute(start: int, stop: int):
+                b = reader(start, stop)
+                return run_padded(features, batch, b.pixels, b.gist256).astype(np.float16), b.bad
+
+            filled = fill_rows(art, len(files), width, TABLE_DTYPE, compute, batch, tick)
+        bad = filled.bad_list([f.path for f in files])
+        write_table(filled, [f.id for f in files], art.path, str(images_dir))
+        rep = PrecomputeReport(str(art.path), len(files) - len(bad), width, bad, filled.rows_computed,
+                               round(time.perf_counter() - t0, 3))
+        art.finish(rep.to_dict())
+    return rep
+
+
+def merge_precomputed(out_prefix: str | os.PathLike) -> PrecomputeReport:
+    """Concatenate finished shards ``PREFIX.shard-I-of-N`` (in order) into ``PREFIX``.
+
+    The result is row for row the table an unsharded run writes, with the same record.
+    """
+    t0 = time.perf_counter()
+    art = table_artifact(out_prefix)
+    shards = art.shards(marker=".npy")
+    config, inputs = art.merged_record(shards)
+    config["n_images"] = sum(int(s.record()["config"]["n_images"]) for s in shards)
+    with art.lock():
+        parts = [open_feature_table(s.path) for s in shards]
+        ids = [i for part_ids, _ in parts for i in part_ids]
+        check_unique(ids, f"{art.path} (merged shards)")
+        npy, ids_path = feature_table_paths(art.path)
+        art.write_merged_record(config, inputs)
+        write_ids(ids_path, ids)
+        rows = write_table_rows(npy, [(x, None) for _, x in parts])
+        width = parts[0][1].shape[1]
+        del parts
+        bad = [b for s in shards for b in s.report().get("bad", [])]
+        rep = PrecomputeReport(str(art.path), rows, width, bad, rows, round(time.perf_counter() - t0, 3))
+        art.finish(rep.to_dict())
+    return rep

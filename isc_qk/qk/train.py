@@ -1,0 +1,313 @@
+"""QK Iteration training stages: train-q, train-k, and the in-batch (SimCLR-style) comparison.
+
+train-q (paper fig. 3): every step, B edited images go through the Q backbone + Q head;
+the K head runs over the precomputed K-backbone features of ALL T keys (`qk.precompute`); the
+loss (paper eq. 1-4, `qk.loss`) pushes each query to its source key and away from the B*M
+hardest of the B x T pairs. Trainable: Q backbone, Q head, K head. train-k is the mirror
+(K backbone, K head, Q head against the precomputed Q features of the edited images).
+``negatives="batch"`` trains both full models with negatives from the batch only.
+
+`train` reads as its four steps: check the inputs against the output's record (a finished
+run is skipped, one with other settings or inputs refused), `_prepare` the model and data,
+`_run_steps`, `_finish`.
+
+Exact resume: data order is a pure function of (seed, step) (`qk.data.batch_rows`), the
+inputs are deterministic, and a checkpoint holds weights, optimizer slots, step and losses
+(`formats.checkpoint`). Ctrl-C saves a checkpoint at the last finished step; after `kill -9`
+the same call continues from the last periodic checkpoint. Either way the final weights equal
+those of an uninterrupted run.
+
+Output folder: a complete model folder (`QKModel.save`) plus ``train_config.json`` (the
+record), ``train_report.json``, ``losses.csv`` and ``loss_curve.png``; ``cache/`` holds the
+start vectors of the trainable side's images (computed once, resumable).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..configs import TrainConfig
+from ..errors import UserError
+from ..formats.checkpoint import latest_checkpoint, restore_optimizer, save_checkpoint
+from ..formats.feature_table import feature_table_paths, is_feature_table
+from ..formats.images import list_images
+from ..formats.losses import read_losses, write_losses
+from ..stages import fingerprint
+from ..stages.artifact import Artifact, Input
+from ..ui import ticker, warn
+from .data import TrainData, build_train_data, default_manifest
+
+KIND = "qk-train"
+LOSSES_FILE = "losses.csv"
+CURVE_FILE = "loss_curve.png"
+CKPT_DIR = "checkpoints"
+CACHE_DIR = "cache"
+
+
+@dataclass
+class TrainReport:
+    out_dir: str
+    side: str
+    negatives: str
+    steps: int
+    steps_per_epoch: int
+    batch_size: int
+    items: int
+    table_rows: int
+    losses: list[float] = field(default_factory=list)
+    first_loss: float = float("nan")  # mean of the first 5 steps
+    last_loss: float = float("nan")  # mean of the last 5 steps
+    resumed_from: int = 0
+    seconds: float = 0.0
+    seconds_per_step: float = 0.0
+    skipped: bool = False  # the output folder already held this finished run
+    bad_images: list[str] = field(default_factory=list)
+    replicas: int = 1  # devices the batch was split across (tf.distribute)
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d.pop("losses")
+        return d
+
+
+@dataclass
+class _Run:
+    """A stage with its inputs checked and loaded: what the step loop needs."""
+
+    out: Path
+    cfg: TrainConfig
+    model: object
+    data: TrainData
+    starts: np.ndarray  # start vectors of data.items
+    partner_starts: np.ndarray | None  # batch mode: of data.partners
+    bad: list[str]
+    batch: int
+    per_epoch: int
+    total: int
+    strategy: object
+    ckpt: object
+
+
+def train(
+    model_dir: str | os.PathLike,
+    keys: str | os.PathLike,
+    queries: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: TrainConfig,
+    manifest: str | os.PathLike | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+    strategy=None,
+) -> TrainReport:
+    """Run one training stage from `model_dir` into `out_dir` (resuming if it was interrupted).
+
+    keys / queries: an image folder or a feature-table prefix, depending on the stage:
+    train-q: keys = K table of the training images, queries = augmented folder (manifest.csv);
+    train-k: keys = training image folder, queries = Q table of the augmented images;
+    negatives="batch": both are image folders. `manifest` defaults to QUERIES/manifest.csv
+    (for a table: the manifest of the folder it was computed from).
+    `on_step(step, loss)` is called after every finished step (progress hooks, tests).
+    `strategy`: a tf.distribute.Strategy (default: the current one); a non-default one splits
+    each batch across its replicas with the single-device loss (`qk.distribute`).
+    """
+    cfg.validate()
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    manifest = Path(manifest) if manifest else default_manifest(queries)
+    inputs = [_input("--model", model_dir), _input("--keys", keys), _input("--queries", queries),
+              Input("--manifest", manifest, fingerprint.of_file(manifest) if manifest.is_file() else "missing")]
+    art = Artifact(out, KIND, layout="folder", stage="train")
+    resumable = lambda: (out / CKPT_DIR / "latest.json").is_file()  # noqa: E731
+    with art.open(cfg, inputs, ignore=("checkpoint_every", "workers"), resumable=resumable) as state:
+        if state.done:
+            return TrainReport(**{**state.report, "losses": read_losses(out / LOSSES_FILE), "skipped": True})
+        run = _prepare(model_dir, keys, queries, manifest, out, cfg, progress, strategy)
+        losses, stats, resumed_from, step_seconds = _run_steps(run, progress, on_step)
+        report = _finish(run, losses, stats, resumed_from, time.perf_counter() - t0, step_seconds)
+        art.finish(report.summary())
+    shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
+    return report
+
+
+def _input(name: str, path: str | os.PathLike) -> Input:
+    """A training input's fingerprint: a table by its record and files, a folder by its images."""
+    from ..models.qk_model import files_fingerprint
+
+    p = Path(path)
+    if name == "--model":
+        return Input(name, p, files_fingerprint(p))
+    if is_feature_table(p):
+        npy, ids = feature_table_paths(p)
+        rec = Path(os.fspath(p).removesuffix(".npy") + ".config.json")
+        return Input(name, npy, fingerprint.of_files([f for f in (npy, ids, rec) if f.is_file()]))
+    if p.is_dir():
+        return Input(name, p, fingerprint.of_image_list(list_images(p)))
+    raise UserError(f"{name} {p}: neither an image folder nor a feature table (PREFIX.npy)")
+
+
+def _prepare(model_dir, keys, queries, manifest: Path, out: Path, cfg: TrainConfig, progress: bool, strategy) -> _Run:
+    """Pair the data, load the model (or the checkpoint to resume), cache the start vectors."""
+    import tensorflow as tf
+
+    from ..models.qk_model import QKModel
+
+    data = build_train_data(cfg.side, cfg.negatives, keys, queries, manifest)
+    strategy = strategy or tf.distribute.get_strategy()
+    ckpt = latest_checkpoint(out / CKPT_DIR)
+    with strategy.scope():
+        model = QKModel.load(ckpt.path if ckpt else model_dir)
+    if data.table is not None:
+        _check_table_model(data, model, "k" if cfg.side == "q" else "q")
+    data, starts, partner_starts, bad = _start_vectors(data, model, out, cfg, progress)
+    if bad:
+        warn(f"{len(bad)} unreadable image(s) left out of training: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+    if data.n < 2:
+        raise UserError(f"need at least 2 training pairs, found {data.n}")
+    batch = min(cfg.batch_size, data.n)
+    per_epoch = data.n // batch
+    total = cfg.steps or max(1, math.ceil(cfg.epochs * per_epoch))
+    return _Run(out, cfg, model, data, starts, partner_starts, bad, batch, per_epoch, total, strategy, ckpt)
+
+
+def _start_vectors(data: TrainData, model, out: Path, cfg: TrainConfig, progress: bool):
+    """Start vectors of the trainable images (and of the partners in batch mode), cached once;
+    items whose image cannot be read are dropped."""
+    from .start_cache import start_vectors
+
+    own = "keys" if cfg.negatives == "batch" else {"q": "queries", "k": "keys"}[cfg.side]
+    rows, ids, bad = start_vectors(data.items, model.pca, out / CACHE_DIR / f"gist256-{own}", cfg.workers, progress, own)
+    data = data.filter(set(ids))
+    partner_starts = None
+    if data.partners is not None:
+        prow, pids, pbad = start_vectors(data.partners, model.pca, out / CACHE_DIR / "gist256-queries", cfg.workers,
+                                         progress, "queries")
+        bad = bad + pbad
+        data = data.keep_partners(set(pids))
+        row_of = {p: i for i, p in enumerate(pids)}
+        partner_starts = np.zeros((len(data.partners), model.cfg.dim), np.float32)
+        for j, f in enumerate(data.partners):
+            if f.id in row_of:
+                partner_starts[j] = prow[row_of[f.id]]
+    item_row = {i: r for r, i in enumerate(ids)}
+    return data, rows[[item_row[f.id] for f in data.items]], partner_starts, bad
+
+
+def _check_table_model(data: TrainData, model, frozen: str) -> None:
+    """The table must hold THIS model's frozen-side features, or training is silently wrong."""
+    from .precompute import table_config
+
+    width = model.spec.feature_dim + model.cfg.dim
+    if data.table.shape[1] != width:
+        raise UserError(f"{data.table_prefix}: table has {data.table.shape[1]} columns, this model needs {width}")
+    tcfg = table_config(data.table_prefix)
+    if tcfg is None:
+        warn(f"{data.table_prefix}: no record beside it; cannot check it was computed with this model")
+        return
+    if tcfg.side != frozen:
+        raise UserError(f"{data.table_prefix}: table holds {tcfg.side.upper()} features, this stage needs {frozen.upper()} features")
+    if tcfg.model_fingerprint != model.backbone_fingerprint(frozen):
+        raise UserError(
+            f"{data.table_prefix}: computed with another {frozen.upper()} backbone than this model's; "
+            f"re-run `isc-qk precompute --model <this model> --side {frozen}`"
+        )
+
+
+def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[dict], int, float]:
+    """The step loop from the checkpoint (if any) to the end; Ctrl-C saves a checkpoint first."""
+    import keras
+    import tensorflow as tf
+
+    from .distribute import DistributedStepper, is_default
+    from .inputs import decode_pool, one_ahead
+    from .steps import Stepper, batch_loader, trainable_variables
+
+    cfg, model, out = run.cfg, run.model, run.out
+    variables = trainable_variables(model, cfg)
+    with run.strategy.scope():
+        schedule = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=run.total, alpha=cfg.lr_alpha)
+        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+        optimizer.build(variables)
+    step, losses, stats_log = 0, [], []
+    if run.ckpt:
+        restore_optimizer(optimizer, run.ckpt)
+        step = run.ckpt.step
+        losses, stats_log = list(run.ckpt.state.get("losses", []))[:step], list(run.ckpt.state.get("stats", []))[:step]
+    resumed_from = step
+    make = Stepper if is_default(run.strategy) else (lambda *a: DistributedStepper(run.strategy, *a))
+    stepper = make(model, cfg, run.data, variables, optimizer)
+    pool = decode_pool(cfg.workers)
+    inputs_of = batch_loader(cfg, run.data, run.starts, run.partner_starts, model.spec.input_size, run.batch, pool)
+
+    def checkpoint(at: int) -> None:
+        save_checkpoint(out / CKPT_DIR, at, model, optimizer, {"losses": losses[:at], "stats": stats_log[:at]})
+
+    t0, in_update = time.perf_counter(), False
+    try:
+        with ticker(progress, run.total, f"train-{cfg.side} ({cfg.negatives})") as tick, \
+                closing(one_ahead(inputs_of(s) for s in range(step, run.total))) as batches:
+            tick(step)
+            for rows, inp in batches:
+                loss, stats, grads = stepper.loss_and_grads(rows, {k: tf.constant(v) for k, v in inp.items()})
+                loss_f = float(loss)
+                if not math.isfinite(loss_f):
+                    raise UserError(_nonfinite_message(loss_f, step + 1, run))
+                in_update = True
+                stepper.apply(grads)
+                step += 1
+                losses.append(loss_f)
+                stats_log.append({k: v for k, v in stats.items() if k != "loss"})
+                in_update = False
+                tick(1)
+                if step % cfg.checkpoint_every == 0 and step < run.total:
+                    checkpoint(step)
+                if on_step:
+                    on_step(step, loss_f)
+    except KeyboardInterrupt:
+        if not in_update and step > resumed_from:  # weights/optimizer/step agree: keep the work
+            checkpoint(step)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    return losses, stats_log, resumed_from, time.perf_counter() - t0
+
+
+def _nonfinite_message(loss: float, step: int, run: _Run) -> str:
+    """Tell a broken input (NaN/inf in the table) from a diverging run."""
+    if run.data.table is not None and not _table_is_finite(run.data.table):
+        return f"{run.data.table_prefix}: the feature table holds NaN or inf values; re-run its precompute"
+    return f"loss became {loss} at step {step}; lower --lr"
+
+
+def _table_is_finite(table: np.ndarray, chunk: int = 65536) -> bool:
+    return all(np.isfinite(np.asarray(table[s:s + chunk], dtype=np.float32)).all() for s in range(0, len(table), chunk))
+
+
+def _finish(run: _Run, losses: list[float], stats: list[dict], resumed_from: int, seconds: float,
+            step_seconds: float) -> TrainReport:
+    """Save the model folder, the loss log and curve; the report is the caller's last write."""
+    from ..plots import plot_losses
+
+    run.model.save(run.out)
+    write_losses(run.out / LOSSES_FILE, losses, stats)
+    plot_losses(run.out / CURVE_FILE, losses, f"train-{run.cfg.side}, {run.cfg.negatives} negatives")
+    return TrainReport(
+        out_dir=str(run.out), side=run.cfg.side, negatives=run.cfg.negatives, steps=run.total,
+        steps_per_epoch=run.per_epoch, batch_size=run.batch, items=run.data.n,
+        table_rows=int(run.data.table.shape[0]) if run.data.table is not None else 0, losses=losses,
+        first_loss=_mean(losses[:5]), last_loss=_mean(losses[-5:]), resumed_from=resumed_from,
+        seconds=round(seconds, 3), seconds_per_step=round(step_seconds / max(1, run.total - resumed_from), 4),
+        bad_images=run.bad, replicas=run.strategy.num_replicas_in_sync,
+    )
+
+
+def _mean(xs: list[float]) -> float:
+    return float(np.mean(xs)) if xs else float("nan")

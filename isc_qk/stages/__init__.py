@@ -1,0 +1,10 @@
+"""The stage/artifact layer: bookkeeping every stage shares, in one place.
+
+* `artifact` - an output and its sidecars: the record (settings + input fingerprints), the
+  finished/resumable/other-settings check, the report, scratch clean-up, merging shards;
+* `guard` - outputs never overwrite, contain or lie inside inputs; outputs are writable;
+* `lock` - one writer per output;
+* `fingerprint` - what an input was, cheaply;
+* `shards` - ``--shard I/N`` slices, their names and how to find them;
+* `rows` - chunked, resumable one-row-per-image writing into tables and descriptor files.
+"""

@@ -1,0 +1,76 @@
+"""Before any work: an output may never be, contain, or lie inside an input, and must be writable.
+
+Why here, once: every writing command has outputs and inputs, and the ways one can destroy the
+other are the same for all of them (``--out`` naming the query file, a JSON written over the
+ground truth, descriptors written into the model folder, a folder output wrapped around the
+data). Paths are resolved (symlinks followed) before they are compared.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import UserError
+
+PathLike = str | os.PathLike
+
+
+def _resolve(p: PathLike) -> Path:
+    return Path(os.path.abspath(Path(p).expanduser().resolve(strict=False)))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child != parent and parent in child.parents
+
+
+def check_paths(outputs: dict[str, PathLike | None], inputs: dict[str, PathLike | None] | None = None,
+                output_is_folder: dict[str, bool] | None = None) -> None:
+    """Refuse outputs that collide with inputs or cannot be written (UserError, one line).
+
+    `outputs` / `inputs`: option name -> path (None entries are ignored). `output_is_folder`
+    says which outputs are folders (default: files).
+    """
+    ins = {k: _resolve(v) for k, v in (inputs or {}).items() if v is not None}
+    folders = output_is_folder or {}
+    outs = {k: v for k, v in outputs.items() if v is not None}
+    for name, raw in outs.items():
+        out = _resolve(raw)
+        for iname, inp in ins.items():
+            if out == inp:
+                raise UserError(f"{name} {raw} is also the input {iname}; writing it would destroy the input: choose another output")
+            if _inside(out, inp):
+                raise UserError(f"{name} {raw} lies inside the input {iname} {inp}; choose an output outside it")
+            if _inside(inp, out):
+                raise UserError(f"{name} {raw} contains the input {iname} {inp}; choose an output that does not")
+        check_writable(raw, name, folder=folders.get(name, False))
+    resolved = [(n, _resolve(p)) for n, p in outs.items()]
+    for i, (a, pa) in enumerate(resolved):
+        for b, pb in resolved[i + 1:]:
+            if pa == pb:
+                raise UserError(f"{a} and {b} name the same file {pa}; give them different paths")
+
+
+def check_writable(path: PathLike, name: str = "--out", folder: bool = False) -> None:
+    """The output can be created: not an existing folder (for a file) or file (for a folder),
+    no file where a parent folder must be, and the nearest existing parent folder is writable."""
+    p = Path(path)
+    if p.exists():
+        if folder and not p.is_dir():
+            raise UserError(f"{name} {p} is an existing file; a folder is needed here")
+        if not folder and p.is_dir():
+            raise UserError(f"{name} {p} is an existing folder; give a file name")
+    parent = p if (folder and p.is_dir()) else p.parent
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"{name} {p}: cannot create it, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{name} {p}: the folder {parent} is not writable")
+
+
+def input_files(paths: Iterable[PathLike | None]) -> list[Path]:
+    return [Path(p) for p in paths if p is not None]
