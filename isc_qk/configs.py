@@ -10,7 +10,7 @@ run can be reproduced and a re-run with other settings into the same output is r
       train: TrainConfig           one phase's optimisation (side and epochs set per phase)
         loss: LossConfig           the QK loss (paper eq. 1-4)
       augment: AugmentConfig       the training queries
-      gist: GistPCAConfig          the GIST-PCA256 fit
+      pca: PCAFitConfig           the PCA fits of the frozen descriptors (GIST, SSCD)
 
 Two sets of defaults exist on purpose: the paper's (`LossConfig`, `ModelConfig`,
 `TrainConfig`, used by the single-stage commands) and the CPU-budget recipe measured on
@@ -133,8 +133,11 @@ class LossConfig:
 class ModelConfig:
     """Architecture of the Q and K models, saved in the model folder's config.json."""
 
+    # efficientnet-lite0/1/2, efficientnet-b3, tiny, keras:PATH (trainable); sscd, sscd-distilled,
+    # onnx:PATH (frozen: never trained, precomputed)
     backbone: str = "efficientnet-lite0"
     backbone_weights: str | None = "imagenet"  # "imagenet", None (random init) or a weights file
+    residual: str = "gist"  # the start descriptor: gist, sscd, sscd-distilled, onnx:PATH (`starts`)
     head_hidden: int = 1024
     dim: int = 256  # descriptor dimension == the residual start's PCA dimension
     residual_scale: float = 0.01  # descriptor = residual_scale * head(...) + start (paper fig. 5)
@@ -144,10 +147,12 @@ class ModelConfig:
     head_shortcut: bool = False
     seed: int = 0
 
-    def validate(self) -> None:
+    def validate(self, folder=None) -> None:
         from .models.backbones import backbone_spec
+        from .starts.registry import StartDescriptor
 
-        backbone_spec(self.backbone)
+        backbone_spec(self.backbone, folder)
+        StartDescriptor(self.residual)
         _at_least("head-hidden", self.head_hidden, 1)
         _at_least("dim", self.dim, 1)
         _finite("residual-scale", self.residual_scale)
@@ -210,8 +215,9 @@ class AugmentConfig:
 
 
 @dataclass
-class GistPCAConfig:
-    """GIST-PCA256: the PCA is fitted on a seeded sample of TRAINING images only."""
+class PCAFitConfig:
+    """The PCA-256 of a frozen descriptor (GIST, SSCD...): fitted on a seeded sample of
+    TRAINING images only."""
 
     n_train: int | None = 10000  # None: every training image
     seed: int = 0
@@ -255,7 +261,7 @@ class NormConfig:
 
 # =========================================================================== the schedule
 PHASE_NAMES = ("Q1", "K1", "Q2", "K2", "Q3", "K3", "Q4", "K4", "Q5", "K5")
-BASELINES = ("gist", "imagenet", "inbatch")
+BASELINES = ("gist", "imagenet", "sscd", "inbatch")  # sscd: only where the SSCD wheel is installed
 PIPELINE_NORMALIZATIONS = ("nes", "whiten")
 
 #: The CPU-budget recipe (README, "Choosing the settings"): the paper's loss and schedule with
@@ -265,6 +271,15 @@ PIPELINE_NORMALIZATIONS = ("nes", "whiten")
 CPU_RECIPE_MODEL = dict(residual_scale=1.0, head_shortcut=True)
 CPU_RECIPE_LOSS = dict(tau=0.5)
 CPU_RECIPE_COPIES = 5
+
+#: The SSCD recipe (README, "Choosing the settings"): SSCD frozen on both sides (both tables
+#: precomputed once), the heads trained on the SSCD-PCA256 residual.
+SSCD_RECIPE_MODEL = dict(backbone="sscd", backbone_weights=None, residual="sscd", residual_scale=1.0,
+                         head_shortcut=True)
+SSCD_RECIPE_LOSS = dict(tau=1.0)
+SSCD_RECIPE_TRAIN: dict = {}
+SSCD_RECIPE_COPIES = 5
+SSCD_RECIPE_EPOCHS = 2.0
 
 
 @dataclass
@@ -276,7 +291,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(**CPU_RECIPE_MODEL))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(loss=LossConfig(**CPU_RECIPE_LOSS)))
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(copies=CPU_RECIPE_COPIES))
-    gist: GistPCAConfig = field(default_factory=GistPCAConfig)
+    pca: PCAFitConfig = field(default_factory=PCAFitConfig)
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     normalizations: list[str] = field(default_factory=lambda: ["nes"])
     workers: int = 2
@@ -299,13 +314,31 @@ class PipelineConfig:
         self.model.validate()
         self.train.validate()
         self.augment.validate()
-        self.gist.validate()
+        self.pca.validate()
+
+    @classmethod
+    def recipe(cls, name: str) -> "PipelineConfig":
+        """A named, measured recipe (README "Choosing the settings"): `gist` (EfficientNet-Lite0
+        on the GIST residual, the paper's architecture on a CPU budget) or `sscd` (frozen SSCD
+        on both sides, heads on the SSCD-PCA256 residual); `auto` = sscd where it is installed."""
+        if name == "auto":
+            from .models.onnx_model import available
+
+            name = "sscd" if available("sscd") else "gist"
+        if name == "gist":
+            return cls()
+        if name == "sscd":
+            return cls(model=ModelConfig(**SSCD_RECIPE_MODEL), train=TrainConfig(loss=LossConfig(**SSCD_RECIPE_LOSS),
+                                                                                 **SSCD_RECIPE_TRAIN),
+                       augment=AugmentConfig(copies=SSCD_RECIPE_COPIES), epochs_per_phase=SSCD_RECIPE_EPOCHS,
+                       baselines=["gist", "sscd", "inbatch"])
+        raise UserError(f"unknown recipe {name!r}; choose auto, gist or sscd")
 
     def with_seed(self, seed: int) -> "PipelineConfig":
         """The same schedule with every stage seeded by `seed` (`--seed`)."""
         r = dataclasses.replace
         return r(self, model=r(self.model, seed=seed), train=r(self.train, seed=seed),
-                 augment=r(self.augment, seed=seed), gist=r(self.gist, seed=seed))
+                 augment=r(self.augment, seed=seed), pca=r(self.pca, seed=seed))
 
 
 @dataclass

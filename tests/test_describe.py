@@ -26,10 +26,10 @@ def model(world):
 
 def _direct(model, side, folder):
     from isc_qk.formats.images import list_images
-    from isc_qk.qk.inputs import load_batch
+    from isc_qk.qk.inputs import InputPlan, load_batch
 
     files = list_images(folder)
-    b = load_batch(files, 0, model.spec.input_size, model.pca)
+    b = load_batch(files, 0, InputPlan.for_model(model))
     return [f.id for f in files], model.describe(side, b.pixels, b.gist256).numpy(), b.gist256
 
 

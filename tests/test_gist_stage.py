@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from isc_qk.gist.stage import describe_gist_set, fit_gist_pca, gist960_path
+from isc_qk.starts.stage import describe_gist_set, fit_gist_pca, gist960_path
 from isc_qk.formats import read_descriptors
-from isc_qk.configs import GistPCAConfig
-from isc_qk.gist.stage import merge_gist_shards
+from isc_qk.configs import PCAFitConfig
+from isc_qk.starts.stage import merge_gist_shards
 from isc_qk.stages.shards import Shard
 
 
 def _fit(tmp_path, image_folder, dim=8):
     train, train_ids = image_folder(24, "T", seed=1)
-    return fit_gist_pca(train, tmp_path / "gist", GistPCAConfig(n_train=20, seed=3, dim=dim)), train_ids
+    return fit_gist_pca(train, tmp_path / "gist", PCAFitConfig(n_train=20, seed=3, dim=dim)), train_ids
 
 
 def test_fit_uses_a_seeded_sample_of_training_images_only(tmp_path, image_folder):
@@ -25,7 +25,7 @@ def test_fit_uses_a_seeded_sample_of_training_images_only(tmp_path, image_folder
     assert len(used) == 20 and set(used) <= set(train_ids)
     # a second fit with the same settings is a no-op (same file, not rewritten)
     mtime = path.stat().st_mtime_ns
-    assert fit_gist_pca(tmp_path / "T_images_1", tmp_path / "gist", GistPCAConfig(n_train=20, seed=3, dim=8)) == path
+    assert fit_gist_pca(tmp_path / "T_images_1", tmp_path / "gist", PCAFitConfig(n_train=20, seed=3, dim=8)) == path
     assert path.stat().st_mtime_ns == mtime
 
 

@@ -27,12 +27,12 @@ def model(world):
 def _expected_rows(model, side, folder):
     """The head inputs computed directly with the model, image by image (no chunking)."""
     from isc_qk.formats.images import list_images
-    from isc_qk.qk.inputs import load_batch
+    from isc_qk.qk.inputs import InputPlan, load_batch
 
     files = list_images(folder)
     rows = []
     for f in files:
-        b = load_batch([f], 0, model.spec.input_size, model.pca)
+        b = load_batch([f], 0, InputPlan.for_model(model))
         rows.append(model.features(side, b.pixels, b.gist256).numpy()[0])
     return [f.id for f in files], np.stack(rows)
 
@@ -41,10 +41,10 @@ def test_gist256_matches_the_gist_pca_baseline(world, model):
     """One decode feeds both inputs; its GIST256 must be exactly the baseline's GIST-PCA256."""
     from isc_qk.gist.files import describe_gist_files
     from isc_qk.formats.images import list_images
-    from isc_qk.qk.inputs import load_batch
+    from isc_qk.qk.inputs import InputPlan, load_batch
 
     files = list_images(world.aug)
-    b = load_batch(files, 0, 64, model.pca)
+    b = load_batch(files, 0, InputPlan.for_model(model))
     ref = describe_gist_files([f.path for f in files], pca=model.pca)
     assert ref.ids == [f.id for f in files]
     np.testing.assert_allclose(b.gist256, ref.gist256, rtol=0, atol=1e-6)

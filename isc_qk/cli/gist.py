@@ -1,4 +1,5 @@
-"""`isc-qk gist-pca`: fit the GIST PCA on training images, or describe a set with it."""
+"""`isc-qk gist-pca` and `isc-qk descriptor-pca`: fit a frozen descriptor's PCA on training
+images, or describe a set with it (GIST-PCA256, SSCD-PCA256, any ONNX embedding)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,47 @@ from typing import Optional
 
 import typer
 
-from ..configs import GistPCAConfig, default
+from ..configs import PCAFitConfig, default
 from ..errors import UserError
 from .app import app
 
 
+def _run(descriptor: str, out: Path, train: Optional[Path], n_train: int, seed: int, pca: Optional[Path],
+         images: Optional[Path], shard: Optional[str], workers: int, merge: bool) -> None:
+    from ..starts.stage import describe_start_set, fit_start_pca, merge_start_shards
+    from ..ui import console
+
+    if merge:
+        console.print("merged: " + ", ".join(str(p) for p in merge_start_shards(out)))
+        return
+    if (train is None) == (images is None):
+        raise UserError("give either --train DIR (fit the PCA) or --pca PCA --images DIR (describe)")
+    if train is not None:
+        if n_train < 0:
+            raise UserError(f"--n-train must be >= 0 (0 = every training image), got {n_train}")
+        cfg = PCAFitConfig(n_train=n_train or None, seed=seed)
+        console.print(f"{descriptor} PCA: {fit_start_pca(descriptor, train, out, cfg, workers=workers)}")
+        return
+    if pca is None:
+        raise UserError("--images needs --pca (fit one with --train first)")
+    rep = describe_start_set(pca, images, out, workers=workers, shard=shard)
+    if rep.skipped:
+        console.print(f"{rep.out_256} already complete; nothing to do")
+    else:
+        console.print(f"{rep.n_described} images: {rep.out_256} (PCA), {rep.out_raw} (raw)")
+
+
+_OUT_HELP = "With --train: a folder for pca.npz. With --images: SET.h5."
+_N_TRAIN = default(PCAFitConfig, "n_train")
+_SEED = default(PCAFitConfig, "seed")
+
+
 @app.command("gist-pca")
 def gist_pca(
-    out: Path = typer.Option(..., "--out", help="With --train: a folder for pca.npz. With --images: SET.h5."),
+    out: Path = typer.Option(..., "--out", help=_OUT_HELP),
     train: Optional[Path] = typer.Option(None, "--train", help="Training images: fit the PCA on them."),
-    n_train: int = typer.Option(default(GistPCAConfig, "n_train"), "--n-train", help="Seeded sample of training images (0 = all)."),
-    seed: int = typer.Option(default(GistPCAConfig, "seed"), "--seed"),
+    n_train: int = typer.Option(_N_TRAIN, "--n-train", help="Seeded sample of training images (0 = all)."),
+    seed: int = typer.Option(_SEED, "--seed"),
     pca: Optional[Path] = typer.Option(None, "--pca", help="A fitted pca.npz (or its folder)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Images to describe with --pca."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Describe only slice I of N, e.g. 0/4."),
@@ -27,24 +58,24 @@ def gist_pca(
     """GIST-PCA256, the ISC2021 baseline: `--train DIR --out DIR` fits the PCA (no whitening) on
     training images; `--pca PCA --images DIR --out SET.h5` writes SET.h5 (256-d) and
     SET.gist960.h5 in the official per-set layout."""
-    from ..gist.stage import describe_gist_set, fit_gist_pca, merge_gist_shards
-    from ..ui import console
+    _run("gist", out, train, n_train, seed, pca, images, shard, workers, merge)
 
-    if merge:
-        console.print("merged: " + ", ".join(str(p) for p in merge_gist_shards(out)))
-        return
-    if (train is None) == (images is None):
-        raise UserError("give either --train DIR (fit the PCA) or --pca PCA --images DIR (describe)")
-    if train is not None:
-        if n_train < 0:
-            raise UserError(f"--n-train must be >= 0 (0 = every training image), got {n_train}")
-        cfg = GistPCAConfig(n_train=n_train or None, seed=seed)
-        console.print(f"GIST PCA: {fit_gist_pca(train, out, cfg, workers=workers)}")
-        return
-    if pca is None:
-        raise UserError("--images needs --pca (fit one with --train first)")
-    rep = describe_gist_set(pca, images, out, workers=workers, shard=shard)
-    if rep.skipped:
-        console.print(f"{rep.out_256} already complete; nothing to do")
-    else:
-        console.print(f"{rep.n_described} images: {rep.out_256} (256-d), {rep.out_960} (960-d)")
+
+@app.command("descriptor-pca")
+def descriptor_pca(
+    out: Path = typer.Option(..., "--out", help=_OUT_HELP),
+    descriptor: str = typer.Option("sscd", "--descriptor",
+                                   help="gist, sscd, sscd-distilled or onnx:PATH (an image-embedding ONNX model)."),
+    train: Optional[Path] = typer.Option(None, "--train", help="Training images: fit the PCA on them."),
+    n_train: int = typer.Option(_N_TRAIN, "--n-train", help="Seeded sample of training images (0 = all)."),
+    seed: int = typer.Option(_SEED, "--seed"),
+    pca: Optional[Path] = typer.Option(None, "--pca", help="A fitted pca.npz (or its folder); it names its descriptor."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Images to describe with --pca."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Describe only slice I of N, e.g. 0/4."),
+    workers: int = typer.Option(2, "--workers", min=1),
+    merge: bool = typer.Option(False, "--merge", help="Join finished shards of --out (SET.h5 and its raw file)."),
+) -> None:
+    """A frozen descriptor's PCA-256 fitted on TRAINING images, then L2 (SSCD-PCA256...): the
+    baseline descriptor, and the residual start of `init-model --residual`. Writes SET.h5 and
+    the raw vectors (SET.sscd512.h5...)."""
+    _run(descriptor, out, train, n_train, seed, pca, images, shard, workers, merge)

@@ -8,11 +8,10 @@ from typing import Optional
 
 import typer
 
-from ..configs import PipelineConfig
 from .app import app
 from .common import split_list, weights_option
 
-_P = PipelineConfig()  # the recipe's defaults, read once for the options below
+_RECIPE = "Every option left out takes the recipe's value."
 
 
 def _show(results, work: Path) -> None:
@@ -23,40 +22,58 @@ def _show(results, work: Path) -> None:
     out.print(f"results: {work / 'results.md'}, {work / 'results.json'}, {work / 'results.png'}")
 
 
+def _override(obj, **values):
+    """`obj` with the given fields replaced, those given as None left alone."""
+    given = {k: v for k, v in values.items() if v is not None}
+    return dataclasses.replace(obj, **given) if given else obj
+
+
 @app.command("pipeline")
 def pipeline_cmd(
     data: Path = typer.Option(..., "--data", help="DISC-layout folder: train/, references/, queries/, ground_truth.csv."),
     work: Path = typer.Option(..., "--work", help="Work folder (artifacts, results); re-run to resume."),
-    phases: str = typer.Option(",".join(_P.phases), "--phases", help="Alternating phases from Q1."),
-    backbone: str = typer.Option(_P.model.backbone, "--backbone"),
-    backbone_weights: Optional[str] = typer.Option(_P.model.backbone_weights, "--backbone-weights",
-                                                   help="'imagenet', a weights file, or 'none'."),
-    epochs_per_phase: float = typer.Option(_P.epochs_per_phase, "--epochs-per-phase",
-                                           help="Training queries per phase / training images."),
-    batch: int = typer.Option(_P.train.batch_size, "--batch"),
-    lr: float = typer.Option(_P.train.lr, "--lr"),
-    tau: float = typer.Option(_P.train.loss.tau, "--tau", help="Loss temperature (the paper: 0.07; see README)."),
-    residual_scale: float = typer.Option(_P.model.residual_scale, "--residual-scale", help="descriptor = s * head + start"),
-    head_shortcut: bool = typer.Option(_P.model.head_shortcut, "--head-shortcut/--paper-head",
-                                       help="Zero-initialised FFN output + linear shortcut (default), or the paper's head."),
-    copies: int = typer.Option(_P.augment.copies, "--copies", help="Augmented copies per training image."),
-    seed: int = typer.Option(_P.train.seed, "--seed"),
-    baselines: str = typer.Option(",".join(_P.baselines), "--baselines", help="Comma list, or '' for none."),
-    normalize: str = typer.Option(",".join(_P.normalizations), "--normalize",
-                                  help="Extra rows with score normalisation: nes, whiten, ''."),
-    workers: int = typer.Option(_P.workers, "--workers", min=1),
+    recipe: str = typer.Option("auto", "--recipe", help="sscd (frozen SSCD, heads on the SSCD residual), gist "
+                               "(EfficientNet-Lite0 on the GIST residual), or auto: sscd where it is installed. " + _RECIPE),
+    phases: Optional[str] = typer.Option(None, "--phases", help="Alternating phases from Q1, e.g. Q1,K1,Q2,K2,Q3."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="efficientnet-lite0/1/2, keras:PATH, sscd, onnx:PATH..."),
+    backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="'imagenet', a weights file, or 'none'."),
+    residual: Optional[str] = typer.Option(None, "--residual", help="Start descriptor: gist, sscd, sscd-distilled, onnx:PATH."),
+    epochs_per_phase: Optional[float] = typer.Option(None, "--epochs-per-phase",
+                                                     help="Training queries per phase / training images."),
+    batch: Optional[int] = typer.Option(None, "--batch"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    tau: Optional[float] = typer.Option(None, "--tau", help="Loss temperature (the paper: 0.07; see README)."),
+    m: Optional[int] = typer.Option(None, "--m", help="Hard negatives per positive."),
+    residual_scale: Optional[float] = typer.Option(None, "--residual-scale", help="descriptor = s * head + start"),
+    head_shortcut: Optional[bool] = typer.Option(None, "--head-shortcut/--paper-head",
+                                                 help="Zero-initialised FFN output + linear shortcut, or the paper's head."),
+    copies: Optional[int] = typer.Option(None, "--copies", help="Augmented copies per training image."),
+    seed: int = typer.Option(0, "--seed"),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma list of gist, imagenet, sscd, inbatch, or '' for none."),
+    normalize: Optional[str] = typer.Option(None, "--normalize", help="Extra rows with score normalisation: nes, whiten, ''."),
+    workers: int = typer.Option(2, "--workers", min=1),
 ) -> None:
     """Run augment -> gist-pca -> precompute -> train-q -> precompute -> train-k ... and evaluate
     every phase next to the baselines; writes WORK/results.{json,md,png}."""
+    from ..configs import PipelineConfig
     from ..pipeline.schedule import run_pipeline
 
-    r = dataclasses.replace
-    cfg = r(_P, phases=split_list(phases), epochs_per_phase=epochs_per_phase, workers=workers,
-            baselines=split_list(baselines), normalizations=split_list(normalize),
-            model=r(_P.model, backbone=backbone, backbone_weights=weights_option(backbone_weights),
-                    residual_scale=residual_scale, head_shortcut=head_shortcut),
-            train=r(_P.train, batch_size=batch, lr=lr, loss=r(_P.train.loss, tau=tau)),
-            augment=r(_P.augment, copies=copies)).with_seed(seed)
+    base = PipelineConfig.recipe(recipe)
+    weights = weights_option(backbone_weights) if backbone_weights is not None else None
+    cfg = _override(
+        base, phases=split_list(phases) if phases is not None else None, epochs_per_phase=epochs_per_phase,
+        workers=workers, baselines=split_list(baselines) if baselines is not None else None,
+        normalizations=split_list(normalize) if normalize is not None else None,
+        model=_override(base.model, backbone=backbone, residual=residual, residual_scale=residual_scale,
+                        head_shortcut=head_shortcut),
+        train=_override(base.train, batch_size=batch, lr=lr, loss=_override(base.train.loss, tau=tau, m=m)),
+        augment=_override(base.augment, copies=copies)).with_seed(seed)
+    if backbone is not None and backbone_weights is None:  # a new backbone starts from its own weights
+        from ..models.onnx_model import is_onnx_name
+
+        weights = None if is_onnx_name(backbone) else "imagenet"
+    if backbone is not None or backbone_weights is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_weights=weights))
     _show(run_pipeline(data, work, cfg), work)
 
 

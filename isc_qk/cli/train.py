@@ -20,10 +20,14 @@ from .common import kv_table, warn_skipped, weights_option
 
 @app.command("init-model")
 def init_model_cmd(
-    pca: Path = typer.Option(..., "--pca", help="Fitted GIST PCA (pca.npz, or the folder of `isc-qk gist-pca --train`)."),
+    pca: Path = typer.Option(..., "--pca", help="The start's fitted PCA (pca.npz, or the folder of `gist-pca --train` / "
+                                               "`descriptor-pca --train`)."),
     out: Path = typer.Option(..., "--out", help="Model folder to create."),
     backbone: str = typer.Option(default(ModelConfig, "backbone"), "--backbone",
-                                 help="efficientnet-lite0/1/2, efficientnet-b3 or tiny."),
+                                 help="efficientnet-lite0/1/2, efficientnet-b3, tiny, keras:PATH (trainable); "
+                                      "sscd, sscd-distilled, onnx:PATH (frozen)."),
+    residual: Optional[str] = typer.Option(None, "--residual",
+                                           help="Start descriptor: gist, sscd, ... [default: the one --pca was fitted on]."),
     backbone_weights: Optional[str] = typer.Option(default(ModelConfig, "backbone_weights"), "--backbone-weights",
                                                    help="'imagenet', 'none' (random init) or a weights file."),
     head_hidden: int = typer.Option(default(ModelConfig, "head_hidden"), "--head-hidden", min=1,
@@ -34,20 +38,20 @@ def init_model_cmd(
                                        help="Zero-initialised FFN output + linear shortcut: starts exactly at GIST."),
     seed: int = typer.Option(default(ModelConfig, "seed"), "--seed", help="Seed of the heads' initialisation."),
 ) -> None:
-    """Create the starting QK model: pretrained backbones + residual heads (untrained, the model
-    reproduces GIST-PCA)."""
-    from ..formats.pca import PCAModel
-    from ..gist.stage import resolve_pca_file
+    """Create the starting QK model: pretrained (or frozen) backbones + heads on the residual start
+    (untrained, the model reproduces the start's baseline: GIST-PCA256, SSCD-PCA256...)."""
     from ..models.init import init_model
+    from ..starts.stage import load_pca, resolve_pca_file
 
     pca_path = resolve_pca_file(pca)
-    if not pca_path.is_file():
-        raise UserError(f"{pca_path}: GIST PCA file not found (run `isc-qk gist-pca --train DIR --out DIR` first)")
-    dim = PCAModel.load(pca_path).dim
-    cfg = ModelConfig(backbone=backbone, backbone_weights=weights_option(backbone_weights), head_hidden=head_hidden,
-                      dim=dim, residual_scale=residual_scale, head_shortcut=head_shortcut, seed=seed)
+    fitted, desc = load_pca(pca_path)
+    dim = fitted.dim
+    cfg = ModelConfig(backbone=backbone, backbone_weights=weights_option(backbone_weights), residual=residual or desc.name,
+                      head_hidden=head_hidden, dim=dim, residual_scale=residual_scale, head_shortcut=head_shortcut,
+                      seed=seed)
     path = init_model(pca_path, cfg, out)
-    kv_table("init-model", {"model": path, "backbone": backbone, "dim": dim, "head hidden": head_hidden})
+    kv_table("init-model", {"model": path, "backbone": backbone, "residual start": cfg.residual, "dim": dim,
+                            "head hidden": head_hidden})
 
 
 @app.command("precompute")

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from ..errors import UserError
 
 BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "efficientnet-b3", "tiny")
+#: Besides these names: "keras:PATH" (your own trainable Keras model) and the frozen ONNX
+#: models "sscd", "sscd-distilled" and "onnx:PATH" (`models.onnx_model`).
+KERAS_FILE = "backbone.keras"  # a keras:PATH backbone's architecture, copied into the model folder
 
 #: The tiny test backbone: small enough to train in a unit test, random but seeded.
 TINY_INPUT_SIZE = 64
@@ -36,8 +40,13 @@ class BackboneSpec:
     """What callers must know about a backbone before building it."""
 
     name: str
-    input_size: int
+    input_size: int  # side of the square RGB input of a Keras backbone (0: an ONNX model sizes its own)
     feature_dim: int
+    frozen: bool = False  # ONNX models are never trained: their side is precomputed
+
+    @property
+    def kind(self) -> str:
+        return "onnx" if self.frozen else "keras"
 
 
 _SPECS = {
@@ -49,24 +58,76 @@ _SPECS = {
 }
 
 
-def backbone_spec(name: str) -> BackboneSpec:
-    """Input size and feature width of backbone `name`; UserError for an unknown name."""
-    try:
+def backbone_spec(name: str, folder: str | os.PathLike | None = None) -> BackboneSpec:
+    """Input size and feature width of backbone `name`; UserError for an unknown name.
+
+    `folder`: a model folder; a keras:PATH backbone is then read from its copy there.
+    """
+    from .onnx_model import embedder, is_onnx_name
+
+    if name in _SPECS:
         return _SPECS[name]
-    except KeyError:
-        raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
+    if is_onnx_name(name):
+        return BackboneSpec(name, 0, embedder(name).dim, frozen=True)
+    if name.startswith("keras:"):
+        path = Path(folder) / KERAS_FILE if folder is not None and (Path(folder) / KERAS_FILE).is_file() else keras_file(name)
+        st = path.stat()
+        return _keras_file_spec(name, str(path), st.st_size, st.st_mtime_ns)
+    raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}, keras:PATH, "
+                    "sscd, sscd-distilled, onnx:PATH") from None
 
 
-def build_backbone(name: str, weights: str | None = "imagenet"):
-    """Build backbone `name` with all BatchNorm layers frozen.
+def keras_file(name: str) -> Path:
+    path = Path(name[len("keras:"):]).expanduser()
+    if not path.is_file():
+        raise UserError(f"{name}: Keras model file not found")
+    return path.resolve()
+
+
+def _load_keras_file(path: Path):
+    import keras
+
+    try:
+        return keras.saving.load_model(str(path), compile=False)
+    except Exception as e:  # Keras raises many types for foreign or damaged files
+        raise UserError(f"{path}: not a Keras model file ({type(e).__name__}: {str(e)[:160]})") from None
+
+
+@lru_cache(maxsize=8)
+def _keras_file_spec(name: str, path: str, size: int, mtime: int) -> BackboneSpec:
+    """A user's Keras model: RGB float32 in [0, 255] of a fixed square size -> (B, D) features."""
+    model = _load_keras_file(Path(path))
+    shape_in, shape_out = tuple(model.input_shape), tuple(model.output_shape)
+    if len(shape_in) != 4 or shape_in[3] != 3 or shape_in[1] is None or shape_in[1] != shape_in[2]:
+        raise UserError(f"{path}: a backbone takes square RGB images of a fixed size, (B, S, S, 3); "
+                        f"this model takes {shape_in}")
+    if len(shape_out) != 2 or shape_out[1] is None:
+        raise UserError(f"{path}: a backbone outputs pooled features (B, D); this model outputs {shape_out} "
+                        "(add a global pooling layer)")
+    return BackboneSpec(name, int(shape_in[1]), int(shape_out[1]))
+
+
+def build_backbone(name: str, weights: str | None = "imagenet", folder: str | os.PathLike | None = None):
+    """Build backbone `name` with all BatchNorm layers frozen (an `OnnxEmbedder` for ONNX ones).
+
+    `folder`: a model folder holding the copied ``backbone.keras`` of a keras:PATH backbone.
 
     `weights`: "imagenet" (pretrained; for "tiny" this means its fixed-seed random init),
     None (random init), or a path to a weights file for that architecture.
     """
-    spec = backbone_spec(name)
+    spec = backbone_spec(name, folder)
+    if spec.frozen:
+        from .onnx_model import embedder
+
+        return embedder(name)
     if weights not in (None, "imagenet") and not Path(weights).is_file():
         raise UserError(f"backbone weights file not found: {weights}")
-    if name == "tiny":
+    if name.startswith("keras:"):  # the file's own weights ("imagenet" here means: as trained by you)
+        path = Path(folder) / KERAS_FILE if folder is not None and (Path(folder) / KERAS_FILE).is_file() else keras_file(name)
+        model = _load_keras_file(path)
+        if weights not in (None, "imagenet"):
+            _load_weights(model, weights)
+    elif name == "tiny":
         model = _build_tiny()
         if weights not in (None, "imagenet"):
             _load_weights(model, weights)

@@ -10,6 +10,7 @@ from ..errors import UserError
 from ..formats.atomic import read_json
 from ..formats.pca import PCAModel
 from ..stages import guard
+from ..starts.registry import StartDescriptor
 from ..stages.lock import exclusive
 from .qk_model import CONFIG_FILE, QKModel
 
@@ -26,6 +27,7 @@ def init_model(pca_path: str | os.PathLike, cfg: ModelConfig, out_dir: str | os.
     pca = PCAModel.load(pca_path)  # before anything is written: a damaged PCA is a one-line error
     if pca.dim != cfg.dim:
         raise UserError(f"{pca_path}: the PCA has {pca.dim} dimensions, the model needs {cfg.dim}")
+    StartDescriptor(cfg.residual).check_pca(pca, str(pca_path))
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out / ".init-model.lock", str(out)):
         if (out / CONFIG_FILE).is_file():

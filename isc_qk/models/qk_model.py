@@ -3,21 +3,27 @@
 Both sides have the same architecture with separate weights (queries are edited copies,
 keys are originals: different distributions, so the paper trains two models):
 
-    image -> backbone -> global pooling -> concat(features, gist256) -> FFN head -> 256-d
-    descriptor = residual_scale * FFN(concat) + gist256
+    image -> backbone -> pooled features --+
+    image -> start descriptor -> PCA ------+-> concat -> FFN head -> 256-d
+    descriptor = residual_scale * FFN(concat) + start
 
-The residual start (scale 0.01, paper fig. 5) makes an untrained model reproduce the
-GIST-PCA baseline, so training starts from a useful descriptor instead of noise.
+The start is a frozen descriptor's PCA-256 fitted on training images (`starts`): GIST-PCA256 as
+in the paper, or SSCD's. An untrained model reproduces that baseline, so training starts from
+a useful descriptor instead of noise. The backbone is a trainable Keras model (EfficientNet-
+Lite, B3, your own ``keras:PATH``) or a frozen ONNX model (``sscd``, ``onnx:PATH``), whose
+side is then never trained and only precomputed.
 
 A model folder holds everything `describe` needs besides the images: ``config.json``
-(ModelConfig + backbone spec), ``{q,k}_{backbone,head}.weights.h5`` and the GIST PCA
-(``gist_pca.npz``), so descriptors can be computed from images alone.
+(ModelConfig + backbone spec), ``{q,k}_head.weights.h5``, ``{q,k}_backbone.weights.h5`` (Keras
+backbones), ``backbone.keras`` (a ``keras:PATH`` backbone's architecture) and the start PCA
+(``gist_pca.npz`` / ``sscd_pca.npz``...), so descriptors can be computed from images alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +32,11 @@ import numpy as np
 from .. import __version__
 from ..configs import ModelConfig, from_dict, to_dict
 from ..errors import UserError
-from ..formats.atomic import read_json, save_keras_weights, write_json
+from ..formats.atomic import atomic_path, read_json, save_keras_weights, write_json
 from ..formats.pca import PCAModel
 from ..stages import fingerprint
-from .backbones import BackboneSpec, backbone_spec, build_backbone
+from ..starts.registry import StartDescriptor
+from .backbones import KERAS_FILE, BackboneSpec, backbone_spec, build_backbone, keras_file
 from .heads import build_head
 
 if TYPE_CHECKING:  # heavy modules only for type hints
@@ -37,40 +44,39 @@ if TYPE_CHECKING:  # heavy modules only for type hints
     import tensorflow as tf
 
 CONFIG_FILE = "config.json"
-PCA_FILE = "gist_pca.npz"
 CONFIG_KIND = "qk-model"
 SIDES = ("q", "k")
 
 
-def weights_files(model_dir: str | os.PathLike) -> dict[str, Path]:
-    """The four weight files of a model folder, keyed "q_backbone", "q_head", ..."""
+def pca_file_name(residual: str) -> str:
+    """``gist_pca.npz``, ``sscd_pca.npz``...: the start PCA inside a model folder."""
+    return f"{StartDescriptor(residual).slug}_pca.npz"
+
+
+def weights_files(model_dir: str | os.PathLike, frozen_backbone: bool = False) -> dict[str, Path]:
+    """The weight files of a model folder, keyed "q_backbone", "q_head", ... (no backbone
+    files for a frozen ONNX backbone)."""
     d = Path(model_dir)
-    return {f"{s}_{part}": d / f"{s}_{part}.weights.h5" for s in SIDES for part in ("backbone", "head")}
+    parts = ("head",) if frozen_backbone else ("backbone", "head")
+    return {f"{s}_{part}": d / f"{s}_{part}.weights.h5" for s in SIDES for part in parts}
 
 
 class QKModel:
-    """Q and K backbones and heads, the config, and the GIST PCA they were trained with."""
+    """Q and K backbones and heads, the config, and the start PCA they were trained with."""
 
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        spec: BackboneSpec,
-        pca: "PCAModel",
-        q_backbone: "keras.Model",
-        k_backbone: "keras.Model",
-        q_head: "keras.Model",
-        k_head: "keras.Model",
-    ) -> None:
+    def __init__(self, cfg: ModelConfig, spec: BackboneSpec, pca: PCAModel, q_backbone, k_backbone,
+                 q_head: "keras.Model", k_head: "keras.Model") -> None:
         self.cfg, self.spec, self.pca = cfg, spec, pca
+        self.start = StartDescriptor(cfg.residual)
         self.q_backbone, self.k_backbone = q_backbone, k_backbone
         self.q_head, self.k_head = q_head, k_head
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, cfg: ModelConfig, pca: "PCAModel") -> "QKModel":
+    def create(cls, cfg: ModelConfig, pca: PCAModel) -> "QKModel":
         """Fresh model: pretrained backbones (same start on both sides), seeded heads."""
         cfg.validate()
-        _check_pca(pca, cfg.dim)
+        _check_pca(pca, cfg, "the start PCA")
         spec = backbone_spec(cfg.backbone)
         q_bb = build_backbone(cfg.backbone, cfg.backbone_weights)
         k_bb = build_backbone(cfg.backbone, cfg.backbone_weights)
@@ -84,26 +90,30 @@ class QKModel:
         d = Path(model_dir)
         if not d.is_dir():
             raise UserError(f"{d}: model folder not found")
-        missing = [p.name for p in [d / CONFIG_FILE, d / PCA_FILE, *weights_files(d).values()] if not p.is_file()]
-        if missing:
-            raise UserError(f"{d}: not a complete model folder (missing {', '.join(missing)})")
+        if not (d / CONFIG_FILE).is_file():
+            raise UserError(f"{d}: not a complete model folder (missing {CONFIG_FILE})")
         meta = read_json(d / CONFIG_FILE)
         if meta.get("kind") != CONFIG_KIND:
             raise UserError(f"{d / CONFIG_FILE}: not a QK model config (kind {meta.get('kind')!r})")
         cfg = from_dict(ModelConfig, meta.get("config", {}))
-        cfg.validate()
-        spec = backbone_spec(cfg.backbone)
+        spec = backbone_spec(cfg.backbone, d)
+        cfg.validate(d)
+        missing = [p.name for p in model_files(d, cfg, spec) if not p.is_file()]
+        if missing:
+            raise UserError(f"{d}: not a complete model folder (missing {', '.join(missing)})")
+        pca_path = d / pca_file_name(cfg.residual)
         try:
-            pca = PCAModel.load(d / PCA_FILE)
+            pca = PCAModel.load(pca_path)
         except UserError as e:
-            raise UserError(f"{d / PCA_FILE}: cannot read the GIST PCA ({str(e).split(': ', 1)[-1]})") from None
-        _check_pca(pca, cfg.dim)
+            what = "GIST" if cfg.residual == "gist" else cfg.residual
+            raise UserError(f"{pca_path}: cannot read the {what} PCA ({str(e).split(': ', 1)[-1]})") from None
+        _check_pca(pca, cfg, str(pca_path))
         # weights=None: the saved files hold the trained weights; no need to fetch ImageNet ones
         models = {}
         for s in SIDES:
-            models[f"{s}_backbone"] = build_backbone(cfg.backbone, None)
+            models[f"{s}_backbone"] = build_backbone(cfg.backbone, None, folder=d)
             models[f"{s}_head"] = build_head(spec.feature_dim, cfg)
-        for key, path in weights_files(d).items():
+        for key, path in weights_files(d, spec.frozen).items():
             try:
                 models[key].load_weights(str(path))
             except Exception as e:  # corrupt/truncated/mismatched h5: Keras raises many types
@@ -114,50 +124,69 @@ class QKModel:
         """Write the model folder, each file atomically (temp name + os.replace)."""
         d = Path(model_dir)
         d.mkdir(parents=True, exist_ok=True)
-        for key, path in weights_files(d).items():
+        if self.cfg.backbone.startswith("keras:") and not (d / KERAS_FILE).is_file():
+            with atomic_path(d / KERAS_FILE) as tmp:  # the architecture travels with the weights
+                shutil.copyfile(keras_file(self.cfg.backbone), tmp)
+        for key, path in weights_files(d, self.spec.frozen).items():
             side, part = key.split("_")
-            model = self.backbone(side) if part == "backbone" else self.head(side)
-            save_keras_weights(model, path)
-        self.pca.save(d / PCA_FILE)
+            save_keras_weights(self.backbone(side) if part == "backbone" else self.head(side), path)
+        self.pca.save(d / pca_file_name(self.cfg.residual))
         write_json(d / CONFIG_FILE, {"kind": CONFIG_KIND, "isc_qk_version": __version__,
                                      "config": {**to_dict(self.cfg), "spec": dataclasses.asdict(self.spec)}})
 
     # ------------------------------------------------------------------ forward passes
-    def backbone(self, side: str) -> "keras.Model":
+    def backbone(self, side: str):
         return {"q": self.q_backbone, "k": self.k_backbone}[_side(side)]
 
     def head(self, side: str) -> "keras.Model":
         return {"q": self.q_head, "k": self.k_head}[_side(side)]
 
-    def features(self, side: str, images, gist256) -> "tf.Tensor":
-        """concat(backbone(images), gist256) as float32 (B, feature_dim + dim): the head input.
+    @property
+    def frozen(self) -> bool:
+        """True when the backbone is a frozen ONNX model (both sides): its features are inputs."""
+        return self.spec.frozen
 
-        The backbone runs with training=False: BN is frozen anyway, and stochastic depth /
-        dropout would make the Q and K features of the same image disagree from step to step.
+    def features(self, side: str, images, start) -> "tf.Tensor":
+        """concat(backbone(images), start) as float32 (B, feature_dim + dim): the head input.
+
+        `images`: (B, S, S, 3) pixels for a Keras backbone, or the (B, feature_dim) features a
+        frozen backbone already gave. The Keras backbone runs with training=False: BN is frozen
+        anyway, and stochastic depth / dropout would make the Q and K features of the same
+        image disagree from step to step.
         """
         import tensorflow as tf
 
         images = tf.convert_to_tensor(images, tf.float32)
-        gist256 = tf.convert_to_tensor(gist256, tf.float32)
-        if gist256.shape.rank != 2 or gist256.shape[-1] != self.cfg.dim:
-            raise UserError(f"gist256 must be (B, {self.cfg.dim}), got {tuple(gist256.shape)}")
+        start = tf.convert_to_tensor(start, tf.float32)
+        if start.shape.rank != 2 or start.shape[-1] != self.cfg.dim:
+            raise UserError(f"{self.start.slug}256 must be (B, {self.cfg.dim}), got {tuple(start.shape)}")
+        if images.shape[0] != start.shape[0]:
+            raise UserError(f"{images.shape[0]} images but {start.shape[0]} start vectors")
+        if self.frozen:
+            if images.shape.rank != 2 or images.shape[-1] != self.spec.feature_dim:
+                raise UserError(f"backbone features must be (B, {self.spec.feature_dim}), got {tuple(images.shape)}")
+            return tf.concat([images, start], axis=1)
         if images.shape.rank != 4 or images.shape[-1] != 3:
             raise UserError(f"images must be (B, H, W, 3), got {tuple(images.shape)}")
-        if images.shape[0] != gist256.shape[0]:
-            raise UserError(f"{images.shape[0]} images but {gist256.shape[0]} GIST vectors")
         feats = tf.cast(self.backbone(side)(images, training=False), tf.float32)
-        return tf.concat([feats, gist256], axis=1)
+        return tf.concat([feats, start], axis=1)
 
-    def describe(self, side: str, images, gist256) -> "tf.Tensor":
+    def describe(self, side: str, images, start) -> "tf.Tensor":
         """(B, dim) descriptors: head(features(...))."""
-        return self.head(side)(self.features(side, images, gist256), training=False)
+        return self.head(side)(self.features(side, images, start), training=False)
 
     # ------------------------------------------------------------------ fingerprints
     def backbone_fingerprint(self, side: str) -> str:
-        """One side's backbone weights and the PCA: what a frozen-side feature table depends on.
+        """One side's backbone and the start (descriptor + PCA): what a feature table depends on.
 
-        Values, not files: re-saving the same weights keeps the fingerprint."""
-        return fingerprint.of_arrays([w.numpy() for w in self.backbone(side).weights] + list(self.pca.fingerprint_arrays()))
+        Values, not files, for Keras weights: re-saving the same weights keeps the fingerprint;
+        the file's bytes for a frozen ONNX model (then both sides share it)."""
+        parts = [self.start.fingerprint(), fingerprint.of_arrays(self.pca.fingerprint_arrays())]
+        if self.frozen:
+            from .onnx_model import file_fingerprint
+
+            return fingerprint.of_bytes(file_fingerprint(self.cfg.backbone), *parts)
+        return fingerprint.of_bytes(fingerprint.of_arrays([w.numpy() for w in self.backbone(side).weights]), *parts)
 
     def side_fingerprint(self, side: str) -> str:
         """The backbone fingerprint and the head: what one side's descriptors depend on."""
@@ -165,10 +194,22 @@ class QKModel:
                                     fingerprint.of_arrays([w.numpy() for w in self.head(side).weights]))
 
 
-def model_files(model_dir: str | os.PathLike) -> list[Path]:
-    """The files a model folder consists of (config, start PCA, the four weight files)."""
+def model_files(model_dir: str | os.PathLike, cfg: ModelConfig | None = None, spec: BackboneSpec | None = None) -> list[Path]:
+    """The files a model folder consists of (config, start PCA, weights, backbone.keras)."""
     d = Path(model_dir)
-    return [d / CONFIG_FILE, d / PCA_FILE, *weights_files(d).values()]
+    if cfg is None:
+        if not (d / CONFIG_FILE).is_file():
+            raise UserError(f"{d}: not a complete model folder (missing {CONFIG_FILE})")
+        cfg = from_dict(ModelConfig, read_json(d / CONFIG_FILE).get("config", {}))
+    frozen = spec.frozen if spec is not None else _frozen_name(cfg.backbone)
+    files = [d / CONFIG_FILE, d / pca_file_name(cfg.residual), *weights_files(d, frozen).values()]
+    return files + ([d / KERAS_FILE] if cfg.backbone.startswith("keras:") else [])
+
+
+def _frozen_name(name: str) -> bool:
+    from .onnx_model import is_onnx_name
+
+    return is_onnx_name(name)
 
 
 def files_fingerprint(model_dir: str | os.PathLike) -> str:
@@ -186,7 +227,8 @@ def _side(side: str) -> str:
     return side
 
 
-def _check_pca(pca: "PCAModel", dim: int) -> None:
+def _check_pca(pca: PCAModel, cfg: ModelConfig, where: str) -> None:
     comps = np.asarray(pca.components)
-    if comps.ndim != 2 or comps.shape[0] != dim:
-        raise UserError(f"GIST PCA has components of shape {comps.shape}, but the model needs {dim} dimensions")
+    if comps.ndim != 2 or comps.shape[0] != cfg.dim:
+        raise UserError(f"{where}: the PCA has components of shape {comps.shape}, but the model needs {cfg.dim} dimensions")
+    StartDescriptor(cfg.residual).check_pca(pca, where)

@@ -142,7 +142,7 @@ def demo_settings(quick: bool = False) -> tuple[DemoDataConfig, PipelineConfig]:
         pipe = replace(base, phases=["Q1", "K1"], epochs_per_phase=1.0, workers=1,
                        model=replace(base.model, backbone="tiny", backbone_weights=None, head_hidden=64, dim=32),
                        train=replace(base.train, batch_size=8, loss=replace(base.train.loss, m=4)),
-                       augment=replace(base.augment, copies=2), gist=replace(base.gist, n_train=48, dim=32))
+                       augment=replace(base.augment, copies=2), pca=replace(base.pca, n_train=48, dim=32))
         return data, pipe
     pipe = replace(base, phases=["Q1", "K1", "Q2"], epochs_per_phase=4.0, augment=replace(base.augment, copies=3))
     return DemoDataConfig(), pipe

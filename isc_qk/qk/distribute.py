@@ -166,6 +166,7 @@ class DistributedStepper:
         import tensorflow as tf
 
         from .loss import in_batch_loss, pair_d2, pair_loss
+        from .steps import side_descriptors
 
         self.strategy, self.model, self.cfg, self.data = strategy, model, cfg, data
         self.variables, self.optimizer = variables, optimizer
@@ -182,8 +183,8 @@ class DistributedStepper:
 
         def describe_pair(inp):
             if cfg.negatives == "batch":
-                return model.describe("q", inp["q_px"], inp["q_g"]), model.describe("k", inp["k_px"], inp["k_g"])
-            return (model.describe(side, inp["px"], inp["g"]),)
+                return side_descriptors(model, "q", inp, "q_"), side_descriptors(model, "k", inp, "k_")
+            return (side_descriptors(model, side, inp),)
 
         @tf.function
         def forward(dist_inp):  # gathered in the same graph: an eager gather retraces every call

@@ -1,17 +1,20 @@
-"""Model inputs for a batch of image files: backbone pixels and GIST-PCA256, from ONE decode.
+"""Model inputs for a batch of image files, from ONE decode per image.
 
-Why one module: precompute, describe and training all feed the QK model the same two
-inputs, and they must be computed identically everywhere, or a descriptor at test time would
-not be the descriptor the model was trained on:
+Why one module: precompute, describe and training all feed the QK model the same inputs, and
+they must be computed identically everywhere, or a descriptor at test time would not be the
+descriptor the model was trained on. What a model side needs is its `InputPlan`:
 
-* pixels: RGB, resized to the backbone's input size (bilinear), float32 in [0, 255];
-* gist256: lear_gist colour GIST of the 32x32 preprocessed image, L2-normalised, then the
-  model's PCA (no whitening) - the same values as `gist.files.describe_gist_files` gives.
+* pixels (a trainable Keras backbone): RGB resized to the input size (bilinear), float32 in
+  [0, 255];
+* features (a frozen ONNX backbone): its L2-normalised embedding (`models.onnx_model`);
+* start vectors: the start descriptor (GIST of the 32x32 preprocessed image, or an ONNX
+  embedding), then the model's PCA (and L2 for embeddings) - the same values as the
+  `descriptor-pca` / `gist-pca` baselines give (`starts`).
 
-Each file is decoded once (both inputs come from the same PIL image) in a thread pool (PIL
-decoding releases the GIL), and `prefetch` prepares the next batch in the background while
-the current one runs through the model. Unreadable files are reported, never fatal: their
-rows are zeros and listed in `Batch.bad`.
+Each file is decoded once in a thread pool (PIL decoding releases the GIL); an ONNX backbone
+that is also the start descriptor runs once. `one_ahead` prepares the next batch in the
+background while the current one runs through the model. Unreadable files are reported, never
+fatal: their rows are zeros and listed in `Batch.bad`.
 """
 
 from __future__ import annotations
@@ -24,68 +27,99 @@ from typing import TypeVar
 import numpy as np
 
 from ..formats.images import BadImage, ImageFile, load_rgb
+from ..formats.pca import PCAModel
+from ..starts.registry import StartDescriptor
 
 R = TypeVar("R")
 
 
+@dataclass(frozen=True)
+class InputPlan:
+    """What a batch of images must become for one model side (each part optional)."""
+
+    size: int | None = None  # pixels for a Keras backbone of this input size
+    frozen: str | None = None  # features of this frozen ONNX backbone
+    start: StartDescriptor | None = None  # start vectors of this descriptor...
+    pca: PCAModel | None = None  # ...through this PCA
+
+    @classmethod
+    def for_model(cls, model, backbone: bool = True, start: bool = True) -> "InputPlan":
+        return cls(size=model.spec.input_size if backbone and not model.frozen else None,
+                   frozen=model.cfg.backbone if backbone and model.frozen else None,
+                   start=model.start if start else None, pca=model.pca if start else None)
+
+    @property
+    def needs_image(self) -> bool:
+        return self.frozen is not None or (self.start is not None and not self.start.is_gist)
+
+
 @dataclass
 class Batch:
-    """Inputs for files[start:start+n]; rows of unreadable files are zeros and listed in `bad`."""
+    """Inputs for files[first:first+n]; rows of unreadable files are zeros and listed in `bad`."""
 
-    start: int
-    pixels: np.ndarray | None  # float32 (n, S, S, 3) in [0, 255], None when not asked for
-    gist256: np.ndarray | None  # float32 (n, dim), None when not asked for
+    first: int
+    n: int
+    pixels: np.ndarray | None = None  # float32 (n, S, S, 3) in [0, 255]
+    feats: np.ndarray | None = None  # float32 (n, D): a frozen backbone's features
+    starts: np.ndarray | None = None  # float32 (n, dim): start vectors
     bad: dict[int, str] = field(default_factory=dict)  # absolute row -> reason
 
     def __len__(self) -> int:
-        x = self.pixels if self.pixels is not None else self.gist256
-        return 0 if x is None else len(x)
+        return self.n
+
+    @property
+    def gist256(self) -> np.ndarray | None:  # the paper's name for the start vectors
+        return self.starts
+
+    @property
+    def backbone_input(self) -> np.ndarray:
+        """What `QKModel.features` takes as `images`: pixels, or a frozen backbone's features."""
+        return self.pixels if self.pixels is not None else self.feats
 
 
-def _decode(path, size: int | None, want_gist: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _decode(path, plan: InputPlan) -> tuple:
     from PIL import Image
 
     from ..gist.descriptor import preprocess
 
     im = load_rgb(path)
-    pixels = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8) if size else None
-    small = preprocess(im) if want_gist else None
-    return pixels, small
+    pixels = np.asarray(im.resize((plan.size, plan.size), Image.BILINEAR), dtype=np.uint8) if plan.size else None
+    small = preprocess(im) if plan.start is not None and plan.start.is_gist else None
+    return pixels, small, im if plan.needs_image else None
 
 
-def load_batch(
-    files: Sequence[ImageFile],
-    start: int,
-    size: int | None,
-    pca=None,
-    pool: ThreadPoolExecutor | None = None,
-) -> Batch:
-    """Decode files (numbered from `start`) into backbone pixels (if `size`) and gist256 (if `pca`)."""
-    from ..gist.descriptor import gist_descriptors
+def load_batch(files: Sequence[ImageFile], first: int, plan: InputPlan, pool: ThreadPoolExecutor | None = None) -> Batch:
+    """Decode files (numbered from `first`) into what `plan` asks for."""
+    from ..models.onnx_model import embedder
 
     n = len(files)
-    want_gist = pca is not None
-    jobs = [lambda f=f: _decode(f.path, size, want_gist) for f in files]
+    jobs = [lambda f=f: _decode(f.path, plan) for f in files]
     results = list(pool.map(lambda j: _safe(j), jobs)) if pool else [_safe(j) for j in jobs]
-    pixels = np.zeros((n, size, size, 3), np.float32) if size else None
-    smalls = np.zeros((n, 32, 32, 3), np.uint8) if want_gist else None
-    bad: dict[int, str] = {}
-    for i, (res, err) in enumerate(results):
-        if err is not None:
-            bad[start + i] = err
-            continue
-        px, small = res
-        if pixels is not None:
-            pixels[i] = px
-        if smalls is not None:
-            smalls[i] = small
-    gist256 = None
-    if want_gist:
-        gist256 = np.zeros((n, pca.dim), np.float32)
-        ok = [i for i in range(n) if start + i not in bad]
+    bad = {first + i: err for i, (_, err) in enumerate(results) if err is not None}
+    ok = [i for i, (_, err) in enumerate(results) if err is None]
+    batch = Batch(first, n, bad=bad)
+    if plan.size:
+        batch.pixels = np.zeros((n, plan.size, plan.size, 3), np.float32)
+        for i in ok:
+            batch.pixels[i] = results[i][0][0]
+    images = [results[i][0][2] for i in ok] if plan.needs_image else []
+    if plan.frozen is not None:
+        batch.feats = np.zeros((n, embedder(plan.frozen).dim), np.float32)
         if ok:
-            gist256[ok] = pca.transform(gist_descriptors(smalls[ok]))
-    return Batch(start, pixels, gist256, bad)
+            batch.feats[ok] = embedder(plan.frozen).embed(images)
+    if plan.start is not None:
+        batch.starts = np.zeros((n, plan.pca.dim), np.float32)
+        if ok:
+            if plan.start.is_gist:
+                from ..gist.descriptor import gist_descriptors
+
+                raw = gist_descriptors(np.stack([results[i][0][1] for i in ok]))
+            elif plan.frozen == plan.start.name:  # the backbone IS the start descriptor: run it once
+                raw = batch.feats[ok]
+            else:
+                raw = plan.start.from_images(images)
+            batch.starts[ok] = plan.start.start(plan.pca, raw)
+    return batch
 
 
 def run_padded(fn: Callable, size: int, *arrays: np.ndarray) -> np.ndarray:
@@ -147,22 +181,22 @@ class ChunkReader:
     call fixes that start, after which the next chunk is always being decoded in the background.
     """
 
-    def __init__(self, files: Sequence[ImageFile], size: int | None, pca, chunk: int, workers: int) -> None:
-        self.files, self.size, self.pca, self.chunk = files, size, pca, chunk
+    def __init__(self, files: Sequence[ImageFile], plan: InputPlan, chunk: int, workers: int) -> None:
+        self.files, self.plan, self.chunk = files, plan, chunk
         self.pool = decode_pool(workers)
         self._it: Iterator[Batch] | None = None
 
     def _tasks(self, start: int) -> Iterator[Callable[[], Batch]]:
         for s in range(start, len(self.files), self.chunk):
             e = min(s + self.chunk, len(self.files))
-            yield lambda s=s, e=e: load_batch(self.files[s:e], s, self.size, self.pca, self.pool)
+            yield lambda s=s, e=e: load_batch(self.files[s:e], s, self.plan, self.pool)
 
     def __call__(self, start: int, stop: int) -> Batch:
         if self._it is None:
             self._it = one_ahead(self._tasks(start))
         batch = next(self._it)
-        if batch.start != start or len(batch) != stop - start:  # a bug in the caller, not the user
-            raise AssertionError(f"chunk {start}:{stop} requested, {batch.start}:+{len(batch)} prefetched")
+        if batch.first != start or len(batch) != stop - start:  # a bug in the caller, not the user
+            raise AssertionError(f"chunk {start}:{stop} requested, {batch.first}:+{len(batch)} prefetched")
         return batch
 
     def close(self) -> None:

@@ -32,7 +32,8 @@ from ..stages.artifact import Artifact, Input
 from ..stages.rows import fill_rows, write_table
 from ..stages.shards import Shard
 from ..ui import ticker
-from .inputs import ChunkReader, run_padded
+from .forward import head_inputs
+from .inputs import ChunkReader, InputPlan
 
 KIND = "qk-feature-table"
 TABLE_DTYPE = "float16"
@@ -49,7 +50,7 @@ class PrecomputeConfig:
     input_size: int
     feature_dim: int
     dim: int
-    model_fingerprint: str  # this side's backbone weights + the start PCA
+    model_fingerprint: str  # this side's backbone (weights, or the ONNX file) + the start descriptor and PCA
     dtype: str = TABLE_DTYPE
     images_dir: str = ""  # where the images were (for `default_manifest`); not compared
 
@@ -75,6 +76,12 @@ def table_config(prefix: str | os.PathLike) -> PrecomputeConfig | None:
     """The settings saved next to a table, or None if it has none (made by another tool)."""
     rec = table_artifact(prefix).record()
     return from_dict(PrecomputeConfig, rec["config"]) if rec and rec.get("kind") == KIND else None
+
+
+def frozen_table(model, side: str, images: Path, cache: Path) -> Path:
+    """Where a frozen backbone's table of an image folder lives: named by the backbone's
+    fingerprint, so every phase (and model) with that backbone and start shares it."""
+    return Path(cache) / f"frozen-{model.backbone_fingerprint(side)}.{side}.{Path(images).name}"
 
 
 def precompute(
@@ -124,16 +131,14 @@ def precompute(
             ids, x = open_feature_table(art.path)
             return PrecomputeReport(str(art.path), len(ids), x.shape[1], state.report.get("bad", []), 0,
                                     round(time.perf_counter() - t0, 3))
-        import tensorflow as tf
-
-        features = tf.function(lambda px, g: model.features(side, px, g), reduce_retracing=True)
+        rows_of = head_inputs(model, side, batch)
         width = cfg.feature_dim + cfg.dim
-        with ChunkReader(files, cfg.input_size, model.pca, batch, workers) as reader, \
+        with ChunkReader(files, InputPlan.for_model(model), batch, workers) as reader, \
                 ticker(progress, len(files), f"precompute {side}") as tick:
 
             def compute(start: int, stop: int):
                 b = reader(start, stop)
-                return run_padded(features, batch, b.pixels, b.gist256).astype(np.float16), b.bad
+                return rows_of(b).astype(np.float16), b.bad
 
             filled = fill_rows(art, len(files), width, TABLE_DTYPE, compute, batch, tick)
         bad = filled.bad_list([f.path for f in files])

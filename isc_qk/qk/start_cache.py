@@ -1,7 +1,7 @@
 """The residual-start vectors (e.g. GIST-PCA256) of a training stage's images, computed once.
 
-A training step needs the start vector of every image in its batch; computing GIST for every
-batch of every epoch would cost as much as the backbone. So a stage computes them once into a
+A training step needs the start vector of every image in its batch; computing GIST (or SSCD)
+for every batch of every epoch would cost as much as the backbone, or more. So a stage computes them once into a
 float32 table under its output folder (``cache/start-<what>``), resumable like every per-image
 stage, and reuses it on a re-run. A cache made from other images or another PCA is replaced,
 never mixed in.
@@ -23,17 +23,18 @@ from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
 from ..stages.rows import fill_rows, write_table
 from ..ui import ticker
-from .inputs import ChunkReader
+from ..starts.registry import StartDescriptor
+from .inputs import ChunkReader, InputPlan
 
 KIND = "start-vector cache"
 CHUNK = 256
 
 
-def start_vectors(files: Sequence[ImageFile], pca: PCAModel, prefix: Path, workers: int, progress: bool,
-                  what: str) -> tuple[np.ndarray, list[str], list[str]]:
+def start_vectors(files: Sequence[ImageFile], start: StartDescriptor, pca: PCAModel, prefix: Path, workers: int,
+                  progress: bool, what: str) -> tuple[np.ndarray, list[str], list[str]]:
     """Start vectors of `files` as float32 (rows, ids of the readable files, 'path: reason' of the others)."""
     art = Artifact(prefix, KIND, layout="prefix", stage="cache")
-    record = {"dim": pca.dim, "pca": fingerprint.of_arrays(pca.fingerprint_arrays())}
+    record = {"dim": pca.dim, "start": start.fingerprint(), "pca": fingerprint.of_arrays(pca.fingerprint_arrays())}
     inputs = [Input("images", Path(files[0].path).parent if files else prefix, fingerprint.of_image_list(files))]
     try:
         art.check_record(record, inputs)
@@ -42,10 +43,11 @@ def start_vectors(files: Sequence[ImageFile], pca: PCAModel, prefix: Path, worke
             p.unlink() if p.is_file() else shutil.rmtree(p, ignore_errors=True)
     with art.open(record, inputs) as state:
         if not state.done:
-            with ChunkReader(files, None, pca, CHUNK, workers) as reader, ticker(progress, len(files), f"start vectors of {what}") as tick:
+            plan = InputPlan(start=start, pca=pca)
+            with ChunkReader(files, plan, CHUNK, workers) as reader, ticker(progress, len(files), f"start vectors of {what}") as tick:
                 def compute(s: int, e: int):
                     b = reader(s, e)
-                    return b.gist256, b.bad
+                    return b.starts, b.bad
 
                 filled = fill_rows(art, len(files), pca.dim, "float32", compute, CHUNK, tick)
             write_table(filled, [f.id for f in files], art.path, what)

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..configs import TrainConfig
 from ..errors import UserError
 from .data import TrainData, batch_rows, partner_choice
-from .inputs import load_batch
+from .inputs import InputPlan, load_batch
+
+
+def side_descriptors(model, side: str, inp: dict, prefix: str = ""):
+    """Descriptors of one side from a batch's inputs: the head over precomputed rows of a frozen
+    backbone (``feats``), or backbone + head over pixels and start vectors (``px``, ``g``)."""
+    if prefix + "feats" in inp:
+        return model.head(side)(inp[prefix + "feats"], training=False)
+    return model.describe(side, inp[prefix + "px"], inp[prefix + "g"])
 
 
 def trainable_variables(model, cfg: TrainConfig) -> list:
@@ -27,7 +36,7 @@ def trainable_variables(model, cfg: TrainConfig) -> list:
         parts = [model.q_backbone, model.q_head, model.k_head]
     else:
         parts = [model.k_backbone, model.k_head, model.q_head]
-    return [v for p in parts for v in p.trainable_weights]
+    return [v for p in parts for v in getattr(p, "trainable_weights", [])]  # a frozen ONNX backbone has none
 
 
 class Stepper:
@@ -38,7 +47,7 @@ class Stepper:
 
         self.model, self.cfg, self.data = model, cfg, data
         self.variables, self.optimizer = variables, optimizer
-        self.describe = {s: tf.function(lambda px, g, s=s: model.describe(s, px, g)) for s in ("q", "k")}
+        self.describe = tf.function(lambda side, inp, prefix="": side_descriptors(model, side, inp, prefix))
 
         @tf.function
         def apply(grads):
@@ -54,38 +63,54 @@ class Stepper:
         cfg = self.cfg
         with tf.GradientTape() as tape:
             if cfg.negatives == "batch":
-                q = self.describe["q"](inputs["q_px"], inputs["q_g"])
-                k = self.describe["k"](inputs["k_px"], inputs["k_g"])
+                q = self.describe("q", inputs, "q_")
+                k = self.describe("k", inputs, "k_")
                 loss = in_batch_loss(q, k, cfg.loss)
                 stats: dict = {}
             else:
-                x = self.describe[cfg.side](inputs["px"], inputs["g"])
+                x = self.describe(cfg.side, inputs)
                 other = "k" if cfg.side == "q" else "q"
                 loss, stats = qk_loss(x, self.model.head(other), self.data.table, self.data.positive_pairs(rows),
                                       cfg.loss, chunk=cfg.chunk)
         return loss, stats, tape.gradient(loss, self.variables)
 
 
-def batch_loader(cfg: TrainConfig, data: TrainData, starts: np.ndarray, partner_starts: np.ndarray | None,
-                 size: int, batch: int, pool: ThreadPoolExecutor) -> Callable[[int], Callable[[], tuple]]:
-    """`inputs_of(step)` -> a task that decodes step's batch: (rows, {input name: array}).
+@dataclass
+class ItemInputs:
+    """Per-item arrays a step needs besides decoded pixels: the start vectors of a Keras side, or
+    the whole head input (precomputed features + start) of a frozen side; likewise for the
+    partners (the queries) of the in-batch comparison."""
+
+    items: np.ndarray
+    partners: np.ndarray | None = None
+    frozen: bool = False
+
+
+def batch_loader(cfg: TrainConfig, data: TrainData, arrays: ItemInputs, size: int, batch: int,
+                 pool: ThreadPoolExecutor) -> Callable[[int], Callable[[], tuple]]:
+    """`inputs_of(step)` -> a task that makes step's batch: (rows, {input name: array}).
 
     The batch of a step is a pure function of (seed, step) (`qk.data.batch_rows`), so a
-    resumed run sees exactly the batches the interrupted one would have seen.
+    resumed run sees exactly the batches the interrupted one would have seen. A frozen side
+    decodes nothing: its rows were precomputed.
     """
+    plan = InputPlan(size=size)
+
+    def side(files, rows, values, prefix: str) -> dict:
+        if arrays.frozen:
+            return {prefix + "feats": np.asarray(values[rows], np.float32)}
+        b = load_batch(files, 0, plan, pool)
+        _no_bad(b)
+        return {prefix + "px": b.pixels, prefix + "g": values[rows]}
 
     def inputs_of(step: int) -> Callable[[], tuple]:
         def task():
             rows = batch_rows(cfg.seed, step, data.n, batch)
             if cfg.negatives == "batch":
                 qrows = partner_choice(cfg.seed, step, data.n, batch, data.partner_of, rows)
-                kb = load_batch([data.items[r] for r in rows], 0, size, None, pool)
-                qb = load_batch([data.partners[j] for j in qrows], 0, size, None, pool)
-                _no_bad(kb, qb)
-                return rows, {"k_px": kb.pixels, "k_g": starts[rows], "q_px": qb.pixels, "q_g": partner_starts[qrows]}
-            b = load_batch([data.items[r] for r in rows], 0, size, None, pool)
-            _no_bad(b)
-            return rows, {"px": b.pixels, "g": starts[rows]}
+                return rows, {**side([data.items[r] for r in rows], rows, arrays.items, "k_"),
+                              **side([data.partners[j] for j in qrows], qrows, arrays.partners, "q_")}
+            return rows, side([data.items[r] for r in rows], rows, arrays.items, "")
 
         return task
 

@@ -45,6 +45,7 @@ from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
 from ..ui import ticker, warn
 from .data import TrainData, build_train_data, default_manifest
+from .precompute import frozen_table, precompute
 
 KIND = "qk-train"
 LOSSES_FILE = "losses.csv"
@@ -87,8 +88,7 @@ class _Run:
     cfg: TrainConfig
     model: object
     data: TrainData
-    starts: np.ndarray  # start vectors of data.items
-    partner_starts: np.ndarray | None  # batch mode: of data.partners
+    arrays: object  # steps.ItemInputs: start vectors (Keras side) or precomputed head inputs (frozen)
     bad: list[str]
     batch: int
     per_epoch: int
@@ -107,6 +107,7 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
     strategy=None,
+    feature_cache: str | os.PathLike | None = None,
 ) -> TrainReport:
     """Run one training stage from `model_dir` into `out_dir` (resuming if it was interrupted).
 
@@ -118,6 +119,8 @@ def train(
     `on_step(step, loss)` is called after every finished step (progress hooks, tests).
     `strategy`: a tf.distribute.Strategy (default: the current one); a non-default one splits
     each batch across its replicas with the single-device loss (`qk.distribute`).
+    `feature_cache`: where a frozen (ONNX) backbone's feature tables of the trainable images are
+    kept (default OUT/cache); the pipeline shares one folder, so every phase reuses them.
     """
     cfg.validate()
     t0 = time.perf_counter()
@@ -130,7 +133,8 @@ def train(
     with art.open(cfg, inputs, ignore=("checkpoint_every", "workers"), resumable=resumable) as state:
         if state.done:
             return TrainReport(**{**state.report, "losses": read_losses(out / LOSSES_FILE), "skipped": True})
-        run = _prepare(model_dir, keys, queries, manifest, out, cfg, progress, strategy)
+        cache = Path(feature_cache) if feature_cache is not None else out / CACHE_DIR
+        run = _prepare(model_dir, keys, queries, manifest, out, cfg, progress, strategy, cache)
         losses, stats, resumed_from, step_seconds = _run_steps(run, progress, on_step)
         report = _finish(run, losses, stats, resumed_from, time.perf_counter() - t0, step_seconds)
         art.finish(report.summary())
@@ -154,8 +158,9 @@ def _input(name: str, path: str | os.PathLike) -> Input:
     raise UserError(f"{name} {p}: neither an image folder nor a feature table (PREFIX.npy)")
 
 
-def _prepare(model_dir, keys, queries, manifest: Path, out: Path, cfg: TrainConfig, progress: bool, strategy) -> _Run:
-    """Pair the data, load the model (or the checkpoint to resume), cache the start vectors."""
+def _prepare(model_dir, keys, queries, manifest: Path, out: Path, cfg: TrainConfig, progress: bool, strategy,
+             cache: Path) -> _Run:
+    """Pair the data, load the model (or the checkpoint to resume), cache what the items need."""
     import tensorflow as tf
 
     from ..models.qk_model import QKModel
@@ -167,7 +172,10 @@ def _prepare(model_dir, keys, queries, manifest: Path, out: Path, cfg: TrainConf
         model = QKModel.load(ckpt.path if ckpt else model_dir)
     if data.table is not None:
         _check_table_model(data, model, "k" if cfg.side == "q" else "q")
-    data, starts, partner_starts, bad = _start_vectors(data, model, out, cfg, progress)
+    if model.frozen:
+        data, arrays, bad = _frozen_rows(data, model, model_dir, cache, cfg, progress)
+    else:
+        data, arrays, bad = _start_vectors(data, model, out, cfg, progress)
     if bad:
         warn(f"{len(bad)} unreadable image(s) left out of training: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
     if data.n < 2:
@@ -175,30 +183,62 @@ def _prepare(model_dir, keys, queries, manifest: Path, out: Path, cfg: TrainConf
     batch = min(cfg.batch_size, data.n)
     per_epoch = data.n // batch
     total = cfg.steps or max(1, math.ceil(cfg.epochs * per_epoch))
-    return _Run(out, cfg, model, data, starts, partner_starts, bad, batch, per_epoch, total, strategy, ckpt)
+    return _Run(out, cfg, model, data, arrays, bad, batch, per_epoch, total, strategy, ckpt)
 
 
 def _start_vectors(data: TrainData, model, out: Path, cfg: TrainConfig, progress: bool):
     """Start vectors of the trainable images (and of the partners in batch mode), cached once;
     items whose image cannot be read are dropped."""
     from .start_cache import start_vectors
+    from .steps import ItemInputs
 
     own = "keys" if cfg.negatives == "batch" else {"q": "queries", "k": "keys"}[cfg.side]
-    rows, ids, bad = start_vectors(data.items, model.pca, out / CACHE_DIR / f"gist256-{own}", cfg.workers, progress, own)
+    slug = model.start.slug
+    rows, ids, bad = start_vectors(data.items, model.start, model.pca, out / CACHE_DIR / f"{slug}256-{own}", cfg.workers,
+                                   progress, own)
     data = data.filter(set(ids))
-    partner_starts = None
+    partner_rows = None
     if data.partners is not None:
-        prow, pids, pbad = start_vectors(data.partners, model.pca, out / CACHE_DIR / "gist256-queries", cfg.workers,
-                                         progress, "queries")
+        prow, pids, pbad = start_vectors(data.partners, model.start, model.pca, out / CACHE_DIR / f"{slug}256-queries",
+                                         cfg.workers, progress, "queries")
         bad = bad + pbad
         data = data.keep_partners(set(pids))
-        row_of = {p: i for i, p in enumerate(pids)}
-        partner_starts = np.zeros((len(data.partners), model.cfg.dim), np.float32)
-        for j, f in enumerate(data.partners):
-            if f.id in row_of:
-                partner_starts[j] = prow[row_of[f.id]]
-    item_row = {i: r for r, i in enumerate(ids)}
-    return data, rows[[item_row[f.id] for f in data.items]], partner_starts, bad
+        partner_rows = _rows_of(data.partners, pids, prow, model.cfg.dim)
+    return data, ItemInputs(_rows_of(data.items, ids, rows, model.cfg.dim), partner_rows), bad
+
+
+def _frozen_rows(data: TrainData, model, model_dir, cache: Path, cfg: TrainConfig, progress: bool):
+    """A frozen backbone's side needs no decoding while training: its head inputs (features +
+    start) are precomputed once per image folder into `cache` (`frozen_table`) and read by id."""
+    from .steps import ItemInputs
+
+    own_side = "k" if cfg.negatives == "batch" else cfg.side
+    rows, ids, bad = _table_rows(model, model_dir, own_side, data.items, cache, cfg, progress)
+    data = data.filter(set(ids))
+    partner_rows = None
+    if data.partners is not None:
+        prow, pids, pbad = _table_rows(model, model_dir, "q", data.partners, cache, cfg, progress)
+        bad = bad + pbad
+        data = data.keep_partners(set(pids))
+        partner_rows = _rows_of(data.partners, pids, prow, prow.shape[1])
+    return data, ItemInputs(_rows_of(data.items, ids, rows, rows.shape[1]), partner_rows, frozen=True), bad
+
+
+def _table_rows(model, model_dir, side: str, files, cache: Path, cfg: TrainConfig, progress: bool):
+    from ..formats.feature_table import open_feature_table
+
+    folder = Path(files[0].path).parent
+    prefix = frozen_table(model, side, folder, cache)
+    rep = precompute(model_dir, side, folder, prefix, workers=cfg.workers, progress=progress)
+    ids, table = open_feature_table(prefix)
+    return table, ids, rep.bad
+
+
+def _rows_of(files, ids: list[str], rows: np.ndarray, width: int) -> np.ndarray:
+    """Rows of `rows` (indexed like `ids`) in the order of `files` (all of which are in `ids`)."""
+    at = {i: r for r, i in enumerate(ids)}
+    idx = np.array([at[f.id] for f in files], dtype=np.int64)  # kept in its dtype: float16 tables stay half
+    return np.asarray(rows[idx]) if len(idx) else np.zeros((0, width), np.float32)
 
 
 def _check_table_model(data: TrainData, model, frozen: str) -> None:
@@ -245,7 +285,7 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
     make = Stepper if is_default(run.strategy) else (lambda *a: DistributedStepper(run.strategy, *a))
     stepper = make(model, cfg, run.data, variables, optimizer)
     pool = decode_pool(cfg.workers)
-    inputs_of = batch_loader(cfg, run.data, run.starts, run.partner_starts, model.spec.input_size, run.batch, pool)
+    inputs_of = batch_loader(cfg, run.data, run.arrays, model.spec.input_size, run.batch, pool)
 
     def checkpoint(at: int) -> None:
         save_checkpoint(out / CKPT_DIR, at, model, optimizer, {"losses": losses[:at], "stats": stats_log[:at]})
