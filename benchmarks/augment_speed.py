@@ -38,7 +38,7 @@ def _make_images(folder: Path, n: int) -> None:
 
 
 def _subset(src: Path, dst: Path, n: int) -> int:
-    from isc_qk.images import list_images
+    from isc_qk.formats.images import list_images
 
     dst.mkdir(parents=True)
     files = list_images(src)[:n]
@@ -56,7 +56,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = ap.parse_args()
 
-    from isc_qk.augment import augment_folder
+    from isc_qk.augment.runner import augment_folder
+    from isc_qk.configs import AugmentConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="augment_speed_"))
     try:
@@ -67,12 +68,12 @@ def main() -> None:
         else:
             _make_images(src, args.n)
             n, origin = args.n, "generated 384-px photo crops"
-        augment_folder(src, tmp / "warmup", copies=1, workers=1, progress=False)  # warm the file cache
+        augment_folder(src, tmp / "warmup", AugmentConfig(copies=1), workers=1, progress=False)  # warm the file cache
         results, outputs = [], []
         for w in args.workers:
             out = tmp / f"out_w{w}"
             t0 = time.perf_counter()
-            rep = augment_folder(src, out, seed=0, copies=args.copies, workers=w, progress=False)
+            rep = augment_folder(src, out, AugmentConfig(seed=0, copies=args.copies), workers=w, progress=False)
             dt = time.perf_counter() - t0
             results.append({"workers": w, "queries": rep.done, "seconds": round(dt, 2),
                             "queries_per_s": round(rep.done / dt, 1)})

@@ -45,7 +45,7 @@ print("@@" + json.dumps({"code": code, "wall_s": time.perf_counter() - t,
 def make_data(folder: Path, nq: int, nb: int, d: int, n_pos: int, n_gt: int, seed: int = 0) -> None:
     import numpy as np
 
-    from isc_qk.io import Descriptors, write_descriptors, write_ground_truth
+    from isc_qk.formats import Descriptors, write_descriptors, write_ground_truth
 
     rng = np.random.default_rng(seed)
     xb = rng.standard_normal((nb, d), dtype=np.float32)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from isc_qk.gist import compute_gist, gist_descriptors
-from isc_qk.gist_pca import describe_gist_files
+from isc_qk.gist.descriptor import compute_gist, gist_descriptors
+from isc_qk.gist.files import describe_gist_files
 
 
 def _photos() -> list[np.ndarray]:

@@ -70,9 +70,10 @@ def run_point(method: str, n: int, args) -> dict:
     """Measure one method at table size n in this process; return a result dict."""
     import tensorflow as tf
 
-    from isc_qk.backbones import backbone_spec, build_backbone
-    from isc_qk.loss import LossConfig, naive_qk_loss, qk_loss
-    from isc_qk.model import ModelConfig, build_head
+    from isc_qk.models.backbones import backbone_spec, build_backbone
+    from isc_qk.configs import LossConfig, ModelConfig
+    from isc_qk.qk.loss import naive_qk_loss, qk_loss
+    from isc_qk.models.heads import build_head
 
     spec = backbone_spec(args.backbone)
     mcfg = ModelConfig(backbone=args.backbone, backbone_weights=None)
@@ -83,7 +84,7 @@ def run_point(method: str, n: int, args) -> dict:
     b = args.batch
 
     if method == "sweep":  # mining time per chunk size, best of --steps, same table
-        from isc_qk.loss import mine_hard_negatives
+        from isc_qk.qk.loss import mine_hard_negatives
 
         table = make_table(n, width)
         q = tf.constant(rng.normal(scale=0.06, size=(b, mcfg.dim)).astype(np.float32))
