@@ -138,13 +138,16 @@ class ModelConfig:
     backbone: str = "efficientnet-lite0"
     backbone_weights: str | None = "imagenet"  # "imagenet", None (random init) or a weights file
     residual: str = "gist"  # the start descriptor: gist, sscd, sscd-distilled, onnx:PATH (`starts`)
-    head_hidden: int = 1024
+    head_hidden: int = 1024  # 0: a linear head (zero-initialised: the untrained model is the start)
     dim: int = 256  # descriptor dimension == the residual start's PCA dimension
     residual_scale: float = 0.01  # descriptor = residual_scale * head(...) + start (paper fig. 5)
     # False: the paper's head. True: the FFN's output layer starts at zero and a zero-initialised
     # linear shortcut runs beside it, so the model starts exactly at the residual start and can
     # first learn a linear map of the backbone features (README, "Choosing the settings").
     head_shortcut: bool = False
+    # L2-normalise the descriptor: keeps distances in [0, 4] whatever the head does (for unit
+    # starts such as SSCD-PCA256, an untrained model is still exactly the start)
+    output_l2: bool = False
     seed: int = 0
 
     def validate(self, folder=None) -> None:
@@ -153,7 +156,7 @@ class ModelConfig:
 
         backbone_spec(self.backbone, folder)
         StartDescriptor(self.residual)
-        _at_least("head-hidden", self.head_hidden, 1)
+        _at_least("head-hidden", self.head_hidden, 0)
         _at_least("dim", self.dim, 1)
         _finite("residual-scale", self.residual_scale)
 
@@ -175,6 +178,9 @@ class TrainConfig:
     steps: int | None = None  # overrides epochs when set
     checkpoint_every: int = 500
     seed: int = 0  # data order
+    # False: a phase trains only its own side (train-q: Q backbone + Q head); the paper (True)
+    # also moves the other side's head through the selected rows
+    train_other_head: bool = True
     chunk: int = 8192  # table rows per head pass while mining negatives (qk.loss.DEFAULT_CHUNK)
     workers: int = 2  # image-decoding threads
 

@@ -7,6 +7,8 @@ stderr and a non-zero exit, never a traceback, and says how to resume after Ctrl
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import logging
 import os
 import sys
@@ -30,29 +32,45 @@ except ImportError:  # pragma: no cover
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_BUG = 1
+INTERRUPTED = "interrupted: finished work is kept; run the same command again to resume"
 
 
-# Commands that run TensorFlow models; they import it up front, quietly (see _quiet_tensorflow).
-TF_COMMANDS = {"init-model", "precompute", "train-q", "train-k", "describe", "pipeline", "demo"}
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """Whenever TensorFlow is first imported (inside a stage, only if it is needed), run its
+    import with file descriptor 2 pointed at /dev/null.
+
+    TensorFlow 2.2x prints its CUDA probes and oneDNN notes through absl's C++ logging at import
+    time, which TF_CPP_MIN_LOG_LEVEL no longer silences; users need the progress and errors
+    only. Importing lazily also keeps a command that stops at a bad input fast.
+    """
+
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module) -> None:
+            saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+            try:
+                sys.stderr.flush()
+                os.dup2(devnull, 2)
+                run(module)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                os.close(devnull)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
 
 
 def _quiet_tensorflow() -> None:
-    """Import TensorFlow with file descriptor 2 pointed at /dev/null.
-
-    TensorFlow 2.2x prints its CUDA probes and oneDNN notes through absl's C++ logging at import
-    time, which TF_CPP_MIN_LOG_LEVEL no longer silences; users need the progress and errors only.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,8 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     from ..ui import console
 
     args = sys.argv[1:] if argv is None else argv
-    if any(a in TF_COMMANDS for a in args[:1]):
-        _quiet_tensorflow()
+    _quiet_tensorflow()
 
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="isc-qk")
@@ -74,13 +91,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_USER_ERROR)
     except typer.Exit as e:  # Typer turns Ctrl-C into Exit(130)
         if e.exit_code == EXIT_INTERRUPTED:
-            console.print("interrupted: finished work is kept; run the same command again to resume")
+            console.print(INTERRUPTED)
         sys.exit(e.exit_code)
-    except _cx.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+    except _cx.ClickException as e:  # usage errors: one line too, with where to look
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "isc-qk"
+        console.print(f"[bold red]error:[/] {e.format_message()} (see {where} --help)", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USER_ERROR if e.exit_code not in (0, 1) else e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        console.print("interrupted: finished work is kept; run the same command again to resume")
+        console.print(INTERRUPTED)
         sys.exit(EXIT_INTERRUPTED)
     except OSError as e:  # the system refused: disk full, permissions changed mid-run, ...
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
@@ -97,4 +116,6 @@ def main(argv: list[str] | None = None) -> None:
         console.print("[bold red]internal error:[/] this is a bug in isc-qk; please report it with the command "
                       "line and the traceback above", highlight=False)
         sys.exit(EXIT_BUG)
+    if rv == EXIT_INTERRUPTED:  # Typer turns Ctrl-C into a return value of 130 outside standalone mode
+        console.print(INTERRUPTED)
     sys.exit(rv if isinstance(rv, int) else 0)

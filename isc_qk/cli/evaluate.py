@@ -21,10 +21,11 @@ def submit(
 ) -> None:
     """Write the official descriptor-track submission (refuses d > 256, NaN, duplicates...)."""
     from ..formats import read_descriptors, write_submission
-    from ..stages.guard import check_paths
+    from ..stages.guard import check_paths, check_replaceable, is_submission
     from ..ui import out as stdout
 
     check_paths({"--out": out}, {**{f"--query {p}": p for p in query}, **{f"--reference {p}": p for p in reference}})
+    check_replaceable(out, "--out", is_submission, "submission file")
     q, r = read_descriptors(query), read_descriptors(reference)
     write_submission(out, q, r)
     stdout.print(f"wrote {out}: {len(q.ids):,} queries, {len(r.ids):,} references, {q.dim}-d")
@@ -56,12 +57,14 @@ def evaluate_uap(
     from ..evaluation.report import result_table, to_json
     from ..formats import read_descriptors, read_ground_truth, read_submission, write_json
     from ..plots import plot_pr
-    from ..stages.guard import check_paths
+    from ..stages.guard import check_paths, check_replaceable, is_metrics_json, is_png
     from ..ui import out, warn
 
     inputs = {"--ground-truth": ground_truth, "--submission": submission,
               **{f"--query {p}": p for p in query or []}, **{f"--reference {p}": p for p in reference or []}}
     check_paths({"--json": json_path, "--plot": plot}, inputs)
+    check_replaceable(json_path, "--json", is_metrics_json, "metrics JSON")
+    check_replaceable(plot, "--plot", is_png, "PNG plot")
     if submission is not None and (query or reference):
         raise UserError("give either --submission or --query/--reference, not both")
     if submission is None and not (query and reference):

@@ -86,6 +86,12 @@ def _check_inputs(xq: np.ndarray, xb: np.ndarray) -> tuple[np.ndarray, np.ndarra
         raise UserError("query and reference descriptors must be 2-D arrays")
     if xq.shape[1] != xb.shape[1]:
         raise UserError(f"query dimension {xq.shape[1]} differs from reference dimension {xb.shape[1]}")
+    for what, x in (("query", xq), ("reference", xb)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.einsum("ij,ij->i", x, x)  # float32, as faiss computes them
+        if not np.isfinite(norms).all():
+            raise UserError(f"{what} descriptors are too large (up to {np.abs(x).max():.3g}): their squared L2 norms "
+                            "overflow float32; descriptors are expected to be of order 1 (L2-normalise them)")
     return xq, xb
 
 

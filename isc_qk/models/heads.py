@@ -1,7 +1,9 @@
 """The FFN head of the Q and K models, with the residual start (paper fig. 5).
 
     head input = concat(backbone features, start)        start = e.g. GIST-PCA256 of the image
-    descriptor = residual_scale * FFN(head input) + start
+    descriptor = residual_scale * FFN(head input) + start        (then L2, with output_l2)
+
+`head_hidden = 0` makes the head linear (W x + b, zero-initialised).
 
 The residual makes an untrained model reproduce the start descriptor's baseline, so training
 starts from a useful descriptor instead of noise.
@@ -30,6 +32,10 @@ def build_head(feature_dim: int, cfg: ModelConfig, seed: int | None = None) -> "
 
     seed = cfg.seed if seed is None else seed
     inp = keras.Input((feature_dim + cfg.dim,), name="features")
+    start = inp[:, feature_dim:]  # a graph op on the KerasTensor: no Lambda to deserialise
+    if cfg.head_hidden == 0:  # linear head: zero-initialised, so the untrained model is the start
+        f = layers.Dense(cfg.dim, kernel_initializer="zeros", name="linear")(inp)
+        return _finish(keras, layers, inp, f, start, cfg)
     h = layers.Dense(
         cfg.head_hidden,
         activation="relu",
@@ -41,6 +47,12 @@ def build_head(feature_dim: int, cfg: ModelConfig, seed: int | None = None) -> "
     if cfg.head_shortcut:
         lin = layers.Dense(cfg.dim, kernel_initializer="zeros", name="linear_shortcut")(inp)
         f = layers.Add(name="ffn_plus_linear")([f, lin])
-    start = inp[:, feature_dim:]  # a graph op on the KerasTensor: no Lambda to deserialise
+    return _finish(keras, layers, inp, f, start, cfg)
+
+
+def _finish(keras, layers, inp, f, start, cfg: ModelConfig):
+    """descriptor = residual_scale * f + start, then L2 if cfg.output_l2."""
     out = layers.Add(name="residual")([layers.Rescaling(cfg.residual_scale, name="residual_scale")(f), start])
+    if cfg.output_l2:
+        out = layers.UnitNormalization(axis=1, name="output_l2")(out)
     return keras.Model(inp, out, name="qk_head")

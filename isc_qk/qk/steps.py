@@ -28,14 +28,13 @@ def side_descriptors(model, side: str, inp: dict, prefix: str = ""):
 
 
 def trainable_variables(model, cfg: TrainConfig) -> list:
-    """What a stage trains: train-q the Q backbone, Q head and K head; train-k the mirror;
-    the in-batch comparison both full models."""
+    """What a stage trains: train-q the Q backbone, Q head and (`train_other_head`) K head;
+    train-k the mirror; the in-batch comparison both full models."""
     if cfg.negatives == "batch":
         parts = [model.q_backbone, model.q_head, model.k_backbone, model.k_head]
-    elif cfg.side == "q":
-        parts = [model.q_backbone, model.q_head, model.k_head]
     else:
-        parts = [model.k_backbone, model.k_head, model.q_head]
+        other = "k" if cfg.side == "q" else "q"
+        parts = [model.backbone(cfg.side), model.head(cfg.side)] + ([model.head(other)] if cfg.train_other_head else [])
     return [v for p in parts for v in getattr(p, "trainable_weights", [])]  # a frozen ONNX backbone has none
 
 

@@ -172,6 +172,8 @@ def _prepare(model_dir, keys, queries, manifest: Path, out: Path, cfg: TrainConf
         model = QKModel.load(ckpt.path if ckpt else model_dir)
     if data.table is not None:
         _check_table_model(data, model, "k" if cfg.side == "q" else "q")
+        if not _table_is_finite(data.table):
+            raise UserError(f"{data.table_prefix}: the feature table holds NaN or inf values; re-run its precompute")
     if model.frozen:
         data, arrays, bad = _frozen_rows(data, model, model_dir, cache, cfg, progress)
     else:

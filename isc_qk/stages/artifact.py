@@ -213,6 +213,7 @@ class Artifact:
         inputs = list(inputs)
         paths = {i.name: i.path for i in inputs} | dict(check or {})
         guard.check_paths({"--out": self.path}, paths, {"--out": self.layout == "folder"})
+        created = self.layout == "folder" and not self.path.exists()
         with self.lock():
             status = self.check_record(config, inputs, ignore, replace_stale)
             same = status == "same"
@@ -234,6 +235,8 @@ class Artifact:
                 self.discard_scratch()
                 if not (resumable and resumable()):  # nothing left to resume: leave no record either
                     self.record_path.unlink(missing_ok=True)
+                    if created:  # a folder this run made holds only this run's files
+                        shutil.rmtree(self.path, ignore_errors=True)
                 raise
 
     def finish(self, report: dict) -> dict:

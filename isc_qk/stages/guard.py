@@ -74,3 +74,37 @@ def check_writable(path: PathLike, name: str = "--out", folder: bool = False) ->
 
 def input_files(paths: Iterable[PathLike | None]) -> list[Path]:
     return [Path(p) for p in paths if p is not None]
+
+
+def check_replaceable(path: PathLike | None, name: str, looks_like, kind: str) -> None:
+    """A one-shot output (a submission, a metrics JSON, a plot) may replace an earlier one of
+    its kind, never some other file that happens to sit at that path."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_file() and not looks_like(p):
+        raise UserError(f"{name} {p} exists and is not a {kind}; choose another path or delete it")
+
+
+def is_png(p: Path) -> bool:
+    with open(p, "rb") as fh:
+        return fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def is_metrics_json(p: Path) -> bool:
+    import json
+
+    try:
+        return "micro_ap" in json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def is_submission(p: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            return {"query", "reference", "query_ids", "reference_ids"} <= set(f.keys())
+    except OSError:
+        return False

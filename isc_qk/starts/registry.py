@@ -62,13 +62,17 @@ class StartDescriptor:
 
     @property
     def slug(self) -> str:
-        """File-name part: 'gist', 'sscd', 'sscd_distilled', 'onnx'."""
-        return "onnx" if self.name.startswith("onnx:") else self.name.replace("-", "_")
+        """File-name part: 'gist', 'sscd', 'sscd_distilled', 'onnx', 'sscd_sq288'..."""
+        from ..models.onnx_model import split_name
+
+        base, resize = split_name(self.name)
+        stem = "onnx" if base.startswith("onnx:") else base.replace("-", "_")
+        return stem + (f"_{resize}" if resize else "")
 
     @property
     def raw_suffix(self) -> str:
         """Tag of the raw per-set file: ``SET.gist960.h5``, ``SET.sscd512.h5``..."""
-        return f"{self.slug}{self.raw_dim}"
+        return f"{self.slug}_{self.raw_dim}" if self.slug[-1].isdigit() else f"{self.slug}{self.raw_dim}"
 
     def fingerprint(self) -> str:
         from ..models.onnx_model import file_fingerprint
