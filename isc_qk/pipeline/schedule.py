@@ -293,7 +293,9 @@ class Pipeline:
         current = self.start_model(self.start_pca(c.model.residual))
         if "imagenet" in c.baselines and not self.frozen:
             self.imagenet_baseline(current)
-        if "sscd" in c.baselines:
+        if c.model.residual != "gist":  # the residual start's own baseline, whatever the list says
+            self.start_baseline(c.model.residual, current)
+        if "sscd" in c.baselines and c.model.residual != "sscd":  # SSCD as its authors evaluate it
             if available("sscd"):
                 self.start_baseline("sscd", current)
             else:
