@@ -148,6 +148,9 @@ class ModelConfig:
     # L2-normalise the descriptor: keeps distances in [0, 4] whatever the head does (for unit
     # starts such as SSCD-PCA256, an untrained model is still exactly the start)
     output_l2: bool = False
+    # never train the backbone (ONNX ones never are): both sides are precomputed once and only the
+    # heads train - minutes instead of hours on a CPU (README, "Choosing the settings")
+    freeze_backbone: bool = False
     seed: int = 0
 
     def validate(self, folder=None) -> None:

@@ -51,14 +51,14 @@ def plot_results(path: str | os.PathLike, rows: list[ResultRow]) -> None:
     """Left: micro-AP by phase (QK line, baselines flat); right: PR curves of the final models."""
     plain = [r for r in rows if r.normalization == "none"]
     with _figure(path, dpi=110, nrows=1, ncols=2, figsize=(12, 4.5)) as (fig, (ax1, ax2)):
-        qk = [r for r in plain if r.method == "QK Iteration"]
-        phases = [r.phase for r in qk]
+        qk_methods = list(dict.fromkeys(r.method for r in plain if r.method.startswith("QK Iteration")))
+        phases = list(dict.fromkeys(r.phase for r in plain if r.method in qk_methods))
         x = np.arange(len(phases))
-        if qk:
-            by_phase = {r.phase: r.micro_ap for r in qk}
-            ax1.plot(x, [by_phase.get(p, np.nan) for p in phases], "o-", label="QK Iteration", lw=2)
+        for m in qk_methods:
+            by_phase = {r.phase: r.micro_ap for r in plain if r.method == m}
+            ax1.plot(x, [by_phase.get(p, np.nan) for p in phases], "o-", label=m, lw=2)
         for r in plain:
-            if r.method != "QK Iteration":
+            if not r.method.startswith("QK Iteration"):
                 ax1.axhline(r.micro_ap, ls="--", lw=1, label=f"{r.method} ({r.micro_ap:.3f})", color=_colour(r.method))
         ax1.set_xticks(x, phases)
         ax1.set_xlabel("phase")
@@ -82,7 +82,8 @@ def plot_results(path: str | os.PathLike, rows: list[ResultRow]) -> None:
 
 
 def _colour(method: str) -> str | None:
-    return {"GIST-PCA256": "tab:gray", "ImageNet features": "tab:green", "in-batch negatives": "tab:red"}.get(method)
+    known = {"GIST-PCA256": "tab:gray", "ImageNet features": "tab:green", "in-batch negatives": "tab:red"}
+    return next((c for k, c in known.items() if method.startswith(k)), None)
 
 
 def plot_losses(path: str | os.PathLike, losses: list[float], title: str) -> None:

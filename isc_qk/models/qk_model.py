@@ -142,9 +142,15 @@ class QKModel:
         return {"q": self.q_head, "k": self.k_head}[_side(side)]
 
     @property
-    def frozen(self) -> bool:
-        """True when the backbone is a frozen ONNX model (both sides): its features are inputs."""
+    def onnx(self) -> bool:
+        """True when the backbone is an ONNX model: its features are computed outside TensorFlow."""
         return self.spec.frozen
+
+    @property
+    def frozen(self) -> bool:
+        """True when the backbone is never trained (an ONNX model, or `freeze_backbone`): each
+        side's features are then precomputed once per image and only the heads train."""
+        return self.spec.frozen or self.cfg.freeze_backbone
 
     def features(self, side: str, images, start) -> "tf.Tensor":
         """concat(backbone(images), start) as float32 (B, feature_dim + dim): the head input.
@@ -162,7 +168,7 @@ class QKModel:
             raise UserError(f"{self.start.slug}256 must be (B, {self.cfg.dim}), got {tuple(start.shape)}")
         if images.shape[0] != start.shape[0]:
             raise UserError(f"{images.shape[0]} images but {start.shape[0]} start vectors")
-        if self.frozen:
+        if self.onnx:
             if images.shape.rank != 2 or images.shape[-1] != self.spec.feature_dim:
                 raise UserError(f"backbone features must be (B, {self.spec.feature_dim}), got {tuple(images.shape)}")
             return tf.concat([images, start], axis=1)
@@ -182,7 +188,7 @@ class QKModel:
         Values, not files, for Keras weights: re-saving the same weights keeps the fingerprint;
         the file's bytes for a frozen ONNX model (then both sides share it)."""
         parts = [self.start.fingerprint(), fingerprint.of_arrays(self.pca.fingerprint_arrays())]
-        if self.frozen:
+        if self.onnx:
             from .onnx_model import file_fingerprint
 
             return fingerprint.of_bytes(file_fingerprint(self.cfg.backbone), *parts)

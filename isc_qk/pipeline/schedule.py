@@ -48,6 +48,10 @@ from .report import curve_of, write_all
 QK, GIST, IMAGENET, INBATCH = "QK Iteration", "GIST-PCA256", "ImageNet features", "in-batch negatives"
 
 
+def _stem(name: str) -> str:
+    return start_label(name).replace("-PCA256", "")
+
+
 def start_label(name: str) -> str:
     """The results-table name of a frozen descriptor's PCA-256 baseline: GIST-PCA256, SSCD-PCA256,
     SSCD-PCA256 (288x288) for ``sscd@sq288``..."""
@@ -172,10 +176,23 @@ class Pipeline:
         return prefix
 
     @property
-    def frozen(self) -> bool:
+    def qk(self) -> str:
+        """The QK rows' name: "QK Iteration" on the paper's GIST residual, "QK Iteration on SSCD"..."""
+        return QK if self.cfg.model.residual == "gist" else f"{QK} on {_stem(self.cfg.model.residual)}"
+
+    @property
+    def inbatch(self) -> str:
+        return INBATCH if self.cfg.model.residual == "gist" else f"{INBATCH} on {_stem(self.cfg.model.residual)}"
+
+    @property
+    def onnx(self) -> bool:
         from ..models.onnx_model import is_onnx_name
 
         return is_onnx_name(self.cfg.model.backbone)
+
+    @property
+    def frozen(self) -> bool:
+        return self.onnx or self.cfg.model.freeze_backbone
 
     def describe_pair(self, model: Path, run: str) -> tuple[Descriptors, Descriptors]:
         from ..qk.describe import describe
@@ -206,7 +223,7 @@ class Pipeline:
         sets = {"queries": self.data.queries, "references": self.data.references, "train": self.data.train}
         if not self.cfg.normalizations:
             sets.pop("train")
-        if start_model is not None and self.frozen and self.cfg.model.backbone == name == self.cfg.model.residual:
+        if start_model is not None and self.onnx and self.cfg.model.backbone == name == self.cfg.model.residual:
             from ..formats import open_feature_table
 
             desc = {}
@@ -254,14 +271,14 @@ class Pipeline:
         from ..qk.train import train
 
         passes = self.cfg.epochs_per_phase * len(self.cfg.phases)
-        if self.results.get(INBATCH, "-"):
+        if self.results.get(self.inbatch, "-"):
             return
         t0 = time.time()
         out = self.work / "models" / "inbatch"
         train(start, self.data.train, aug, out, self._train_cfg("q", "batch", passes=passes), progress=self.progress,
               feature_cache=self.feats)
         q, r = self.describe_pair(out, "inbatch")
-        self._evaluate(INBATCH, "-", q, r, passes, t0)
+        self._evaluate(self.inbatch, "-", q, r, passes, t0)
 
     def _normalized_rows(self, method: str, phase: str, train: Descriptors, q: Descriptors, r: Descriptors,
                          passes: float = 0.0) -> None:
@@ -291,7 +308,7 @@ class Pipeline:
             self.start_baseline("gist")
         aug = self.augment()
         current = self.start_model(self.start_pca(c.model.residual))
-        if "imagenet" in c.baselines and not self.frozen:
+        if "imagenet" in c.baselines and not self.onnx:
             self.imagenet_baseline(current)
         if c.model.residual != "gist":  # the residual start's own baseline, whatever the list says
             self.start_baseline(c.model.residual, current)
@@ -304,7 +321,7 @@ class Pipeline:
         if c.normalizations and c.phases:
             final = c.phases[-1]
             q, r = self.describe_pair(current, final)
-            self._normalized_rows(QK, final, self.train_descriptors(current, final), q, r, passes)
+            self._normalized_rows(self.qk, final, self.train_descriptors(current, final), q, r, passes)
         if "inbatch" in c.baselines:
             self.inbatch_baseline(self.work / "models" / "start", aug)
         write_all(self.work, self.results, self._header())
@@ -325,9 +342,9 @@ class Pipeline:
                 train(current, self.data.train, queries, out, self._train_cfg("k"), progress=self.progress,
                       feature_cache=self.feats)
             current, passes = out, passes + self.cfg.epochs_per_phase
-            if not self.results.get(QK, phase):
+            if not self.results.get(self.qk, phase):
                 q, r = self.describe_pair(current, phase)
-                self._evaluate(QK, phase, q, r, passes, t0)
+                self._evaluate(self.qk, phase, q, r, passes, t0)
         return current, passes
 
 

@@ -16,7 +16,7 @@ from .inputs import Batch, run_padded
 
 def head_inputs(model, side: str, batch_size: int) -> Callable[[Batch], np.ndarray]:
     """batch -> (n, feature_dim + dim) float32: concat(backbone features, start vectors)."""
-    if model.frozen:
+    if model.onnx:
         return lambda b: np.concatenate([b.feats, b.starts], axis=1).astype(np.float32)
     import tensorflow as tf
 
@@ -28,7 +28,7 @@ def descriptors(model, side: str, batch_size: int) -> Callable[[Batch], np.ndarr
     """batch -> (n, dim) float32 descriptors of `side`."""
     import tensorflow as tf
 
-    if model.frozen:
+    if model.onnx:
         head = tf.function(lambda x: model.head(side)(x, training=False), reduce_retracing=True)
         inputs = head_inputs(model, side, batch_size)
         return lambda b: run_padded(head, batch_size, inputs(b))

@@ -44,8 +44,8 @@ class InputPlan:
 
     @classmethod
     def for_model(cls, model, backbone: bool = True, start: bool = True) -> "InputPlan":
-        return cls(size=model.spec.input_size if backbone and not model.frozen else None,
-                   frozen=model.cfg.backbone if backbone and model.frozen else None,
+        return cls(size=model.spec.input_size if backbone and not model.onnx else None,
+                   frozen=model.cfg.backbone if backbone and model.onnx else None,
                    start=model.start if start else None, pca=model.pca if start else None)
 
     @property

@@ -35,6 +35,8 @@ def trainable_variables(model, cfg: TrainConfig) -> list:
     else:
         other = "k" if cfg.side == "q" else "q"
         parts = [model.backbone(cfg.side), model.head(cfg.side)] + ([model.head(other)] if cfg.train_other_head else [])
+    if model.frozen:  # a frozen backbone (ONNX, or freeze_backbone) never trains
+        parts = [p for p in parts if p is not model.q_backbone and p is not model.k_backbone]
     return [v for p in parts for v in getattr(p, "trainable_weights", [])]  # a frozen ONNX backbone has none
 
 
