@@ -356,10 +356,12 @@ class PipelineConfig:
 
 @dataclass
 class DemoDataConfig:
-    """The built-in demo benchmark (pipeline/demo_data.py)."""
+    """The built-in demo benchmark (pipeline/demo.py): cells of the photos bundled with
+    scikit-image, scikit-learn and matplotlib, each split made of whole photos."""
 
-    n_train: int = 320  # >= 256: the GIST PCA needs at least as many images as dimensions
-    n_references: int = 100
-    n_positive_queries: int = 50
-    n_distractor_queries: int = 50
+    n_train: int = 0  # 0: every training cell once
+    n_references: int = 90
+    n_positive_queries: int = 270  # several edited copies per reference: >= 200 positives
+    n_distractor_queries: int = 90
+    max_cells_per_photo: int = 28
     seed: int = 0

@@ -87,5 +87,9 @@ def demo_cmd(
     scikit-learn, runs a shortened QK schedule with the baselines, prints the table."""
     from ..pipeline.demo import run_demo
 
+    from ..ui import out
+
     results = run_demo(work, data=data, quick=quick)
-    _show(results, work / "pipeline")
+    _show(results, work)
+    out.print(f"next: isc-qk pipeline --data YOUR_DISC_FOLDER --work runs/mine   "
+              f"(train/, references/, queries/, ground_truth.csv; re-run to resume)")

