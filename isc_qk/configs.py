@@ -87,11 +87,18 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def diff(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """'name: old -> new' for every setting that differs (dotted names for nested ones)."""
+def diff(old: dict, new: dict, ignore: tuple[str, ...] = (), defaults: dict | None = None) -> list[str]:
+    """'name: old -> new' for every setting that differs (dotted names for nested ones).
+
+    With `defaults` (a config's default settings), a setting missing from `old` whose new value
+    is its default is no difference: a record written before the setting existed was made
+    with the behaviour that the default keeps.
+    """
     a, b = flat(old), flat(new)
+    dflt = flat(defaults) if defaults is not None else {}
     skip = lambda k: any(k == i or k.startswith(i + ".") for i in ignore)  # noqa: E731
-    keys = sorted(k for k in set(a) | set(b) if not skip(k) and a.get(k) != b.get(k))
+    added = lambda k: k not in a and k in dflt and b.get(k) == dflt[k]  # noqa: E731
+    keys = sorted(k for k in set(a) | set(b) if not skip(k) and a.get(k) != b.get(k) and not added(k))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 
@@ -177,6 +184,10 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-4
     lr_alpha: float = 0.5  # cosine decay to lr * alpha over the run
+    # fraction of the steps over which the lr rises linearly from 0: Adam's first steps move
+    # every weight by ~lr whatever the gradient, which throws a zero-initialised head on wide
+    # features far from its start (the dip below the start after a few steps)
+    warmup: float = 0.0
     epochs: float = 1.0
     steps: int | None = None  # overrides epochs when set
     checkpoint_every: int = 500
@@ -201,6 +212,8 @@ class TrainConfig:
             _at_least("steps", self.steps, 1)
         if not (math.isfinite(self.lr_alpha) and 0 <= self.lr_alpha <= 1):
             raise UserError(f"--lr-alpha must be in [0, 1], got {self.lr_alpha}")
+        if not (isinstance(self.warmup, (int, float)) and math.isfinite(self.warmup) and 0 <= self.warmup < 1):
+            raise UserError(f"--warmup must be a fraction in [0, 1), got {self.warmup}")
 
 
 # =========================================================================== data stages
@@ -360,8 +373,8 @@ class DemoDataConfig:
     scikit-image, scikit-learn and matplotlib, each split made of whole photos."""
 
     n_train: int = 0  # 0: every training cell once
-    n_references: int = 90
-    n_positive_queries: int = 270  # several edited copies per reference: >= 200 positives
-    n_distractor_queries: int = 90
-    max_cells_per_photo: int = 28
+    n_references: int = 48  # 6 varied photos x 8 cells
+    n_positive_queries: int = 240  # 5 edited copies per reference: >= 200 positives
+    n_distractor_queries: int = 60  # 15 cells of 2 other photos, each edited 4 times
+    max_cells_per_photo: int = 40
     seed: int = 0

@@ -155,3 +155,26 @@ def test_cli_train_q_and_train_k(world, tmp_path, run_cli):
     r = run_cli("train-q", "--model", world.fast, "--keys", world.keys, "--queries", world.aug,
                 "--out", tmp_path / "bad", "--negatives", "nope", *common)
     assert r.code == 2 and "--negatives" in r.err
+
+
+def test_warmup_rises_from_zero_then_decays_to_alpha():
+    from isc_qk.configs import TrainConfig
+    from isc_qk.qk.train import lr_schedule
+
+    cfg = TrainConfig(lr=1e-3, lr_alpha=0.5, warmup=0.1)
+    s = lr_schedule(cfg, 100)
+    assert float(s(0)) == 0.0
+    assert abs(float(s(5)) - 5e-4) < 1e-9
+    assert abs(float(s(10)) - 1e-3) < 1e-9
+    assert abs(float(s(100)) - 5e-4) < 1e-9
+    plain = lr_schedule(TrainConfig(lr=1e-3, lr_alpha=0.5), 100)
+    assert abs(float(plain(0)) - 1e-3) < 1e-9 and abs(float(plain(100)) - 5e-4) < 1e-9
+
+
+def test_a_record_from_before_a_new_setting_is_still_the_same_settings():
+    from isc_qk.configs import TrainConfig, diff, to_dict
+
+    old = to_dict(TrainConfig())
+    del old["warmup"]  # written before --warmup existed: made with no warmup, the default
+    assert diff(old, to_dict(TrainConfig()), defaults=to_dict(TrainConfig())) == []
+    assert diff(old, to_dict(TrainConfig(warmup=0.2)), defaults=to_dict(TrainConfig())) == ["warmup: None -> 0.2"]

@@ -42,6 +42,7 @@ def pipeline_cmd(
                                                      help="Training queries per phase / training images."),
     batch: Optional[int] = typer.Option(None, "--batch"),
     lr: Optional[float] = typer.Option(None, "--lr"),
+    warmup: Optional[float] = typer.Option(None, "--warmup", help="Fraction of each phase with the lr rising from 0."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Loss temperature (the paper: 0.07; see README)."),
     m: Optional[int] = typer.Option(None, "--m", help="Hard negatives per positive."),
     residual_scale: Optional[float] = typer.Option(None, "--residual-scale", help="descriptor = s * head + start"),
@@ -66,7 +67,7 @@ def pipeline_cmd(
         normalizations=split_list(normalize) if normalize is not None else None,
         model=_override(base.model, backbone=backbone, residual=residual, residual_scale=residual_scale,
                         head_shortcut=head_shortcut),
-        train=_override(base.train, batch_size=batch, lr=lr, loss=_override(base.train.loss, tau=tau, m=m)),
+        train=_override(base.train, batch_size=batch, lr=lr, warmup=warmup, loss=_override(base.train.loss, tau=tau, m=m)),
         augment=_override(base.augment, copies=copies)).with_seed(seed)
     if backbone is not None and backbone_weights is None:  # a new backbone starts from its own weights
         from ..models.onnx_model import is_onnx_name

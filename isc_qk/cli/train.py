@@ -100,6 +100,7 @@ def _register_train_command(side: str, doc: str, keys_help: str, queries_help: s
         batch: int = typer.Option(d("batch_size"), "--batch", help="Batch size B."),
         lr: float = typer.Option(d("lr"), "--lr", help="Adam learning rate (cosine decay)."),
         lr_alpha: float = typer.Option(d("lr_alpha"), "--lr-alpha", help="Final lr = lr * alpha."),
+        warmup: float = typer.Option(d("warmup"), "--warmup", help="Fraction of the steps with the lr rising from 0."),
         epochs: float = typer.Option(d("epochs"), "--epochs", help="Passes over the training pairs."),
         steps: Optional[int] = typer.Option(d("steps"), "--steps", help="Exact number of steps (overrides --epochs)."),
         checkpoint_every: int = typer.Option(d("checkpoint_every"), "--checkpoint-every", help="Steps between checkpoints."),
@@ -113,7 +114,7 @@ def _register_train_command(side: str, doc: str, keys_help: str, queries_help: s
             "multiworker: across machines (reads TF_CONFIG). Same loss as one device."),
     ) -> None:
         cfg = TrainConfig(side=side, negatives=negatives, loss=LossConfig(tau=tau, m=m, w_pos=w_pos, w_neg=w_neg),
-                          batch_size=batch, lr=lr, lr_alpha=lr_alpha, epochs=epochs, steps=steps,
+                          batch_size=batch, lr=lr, lr_alpha=lr_alpha, warmup=warmup, epochs=epochs, steps=steps,
                           checkpoint_every=checkpoint_every, seed=seed, chunk=chunk, workers=workers)
         _train(cfg, model, keys, queries, out, manifest, progress, distribute)
 

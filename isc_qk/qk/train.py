@@ -263,6 +263,17 @@ def _check_table_model(data: TrainData, model, frozen: str) -> None:
         )
 
 
+def lr_schedule(cfg: TrainConfig, total: int):
+    """Cosine decay from lr to lr * alpha over the run, after `cfg.warmup` of it rising from 0."""
+    import keras
+
+    warm = int(round(cfg.warmup * total))
+    if not warm:
+        return keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=total, alpha=cfg.lr_alpha)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, total - warm), alpha=cfg.lr_alpha,
+                                                  warmup_target=cfg.lr, warmup_steps=warm)
+
+
 def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[dict], int, float]:
     """The step loop from the checkpoint (if any) to the end; Ctrl-C saves a checkpoint first."""
     import keras
@@ -275,7 +286,7 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
     cfg, model, out = run.cfg, run.model, run.out
     variables = trainable_variables(model, cfg)
     with run.strategy.scope():
-        schedule = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=run.total, alpha=cfg.lr_alpha)
+        schedule = lr_schedule(cfg, run.total)
         optimizer = keras.optimizers.Adam(learning_rate=schedule)
         optimizer.build(variables)
     step, losses, stats_log = 0, [], []

@@ -153,7 +153,7 @@ class Artifact:
             return "none"
         if old.get("kind") not in (None, self.kind):
             raise UserError(f"{self.path}: holds a {old.get('kind')}, not a {self.kind}; choose another output")
-        changes = diff(old.get("config", {}), to_dict(config), ignore)
+        changes = diff(old.get("config", {}), to_dict(config), ignore, defaults=_defaults(config))
         if changes:
             raise UserError(f"{self.path}: existing {self.kind} was made with other settings "
                             f"({'; '.join(changes[:4])}); use another output or delete it to start over")
@@ -281,3 +281,11 @@ class Artifact:
                                 f"({'; '.join(changes[:4])}); use another output or delete it")
         write_json(self.record_path, {"kind": self.kind, "isc_qk_version": __version__, "config": config,
                                       "inputs": inputs})
+
+
+def _defaults(config: Any) -> dict | None:
+    """The default settings of `config`'s dataclass (None if it has required fields)."""
+    try:
+        return to_dict(type(config)())
+    except TypeError:
+        return None
