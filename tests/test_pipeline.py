@@ -33,6 +33,25 @@ def test_demo_dataset_has_the_disc_layout(tmp_path):
     assert {r for _, r in gt.pairs} <= {f"R{i:06d}" for i in range(10)}
 
 
+def test_demo_splits_are_whole_photos_and_references_are_varied():
+    """No photo gives cells to two splits; texture-like photos never become references."""
+    import numpy as np
+
+    from isc_qk.pipeline.demo import PER_PHOTO, TRAIN_ONLY, _cells, _source_photos, _split_by_photo
+
+    named = _source_photos()
+    names = [n for n, _ in named]
+    cfg = DemoDataConfig()
+    refs, dis, train = _split_by_photo(_cells([p for _, p in named], cfg.max_cells_per_photo), names, cfg,
+                                       np.random.default_rng(cfg.seed))
+    photos = [{c[0] for c in split} for split in (refs, dis, train)]
+    assert not (photos[0] & photos[1]) and not (photos[0] & photos[2]) and not (photos[1] & photos[2])
+    assert not {names[k] for k in photos[0] | photos[1]} & set(TRAIN_ONLY)
+    assert len(refs) == cfg.n_references and len(photos[0]) >= cfg.n_references // PER_PHOTO
+    assert len(set(refs)) == len(refs) and len(set(train)) == len(train)
+    assert cfg.n_positive_queries >= 200
+
+
 def test_demo_writes_the_table_with_every_method(demo_run):
     work, results = demo_run
     out = work / "pipeline"

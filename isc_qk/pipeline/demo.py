@@ -28,28 +28,34 @@ OUT_SIZE = 160  # side of the written images
 MAX_CELLS_PER_PHOTO = 28  # keeps the two huge photos (retina, Hubble) from dominating
 
 
-def _source_photos() -> list[np.ndarray]:
-    """Every real photo bundled with scikit-image / scikit-learn, as RGB uint8."""
+#: Photos whose cells all look alike (textures, star fields, fundus, coins, text): they make
+#: good training negatives but impossible references (one gravel cell against nine others), so
+#: they only ever go to train/.
+TRAIN_ONLY = ("brick", "grass", "gravel", "hubble_deep_field", "retina", "moon", "coins", "cell", "text", "page")
+
+
+def _source_photos() -> list[tuple[str, np.ndarray]]:
+    """(name, RGB uint8) of every real photo bundled with scikit-image / scikit-learn / matplotlib."""
     from skimage import data
     from sklearn.datasets import load_sample_images
 
     colour = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"]
     grey = ["camera", "brick", "clock", "coins", "grass", "gravel", "moon", "text", "page", "cell"]
-    photos = [getattr(data, n)() for n in colour]
+    photos = [(n, getattr(data, n)()) for n in colour]
     for n in grey:
         g = getattr(data, n)()
-        photos.append(np.repeat(g[..., None], 3, axis=2))
-    photos += list(load_sample_images().images)
-    photos.append(data.stereo_motorcycle()[0])  # the left view only: the right one is the same scene
+        photos.append((n, np.repeat(g[..., None], 3, axis=2)))
+    photos += list(zip(("china", "flower"), load_sample_images().images))
+    photos.append(("motorcycle", data.stereo_motorcycle()[0]))  # the left view only: the right one is the same scene
     try:  # matplotlib's sample photo (Grace Hopper), shipped in its wheel
         import matplotlib.cbook as cbook
         from PIL import Image
 
         with cbook.get_sample_data("grace_hopper.jpg") as fh:
-            photos.append(np.asarray(Image.open(fh).convert("RGB")))
+            photos.append(("grace_hopper", np.asarray(Image.open(fh).convert("RGB"))))
     except Exception:  # an older or trimmed matplotlib: the demo works without it
         pass
-    return [np.ascontiguousarray(p[..., :3]).astype(np.uint8) for p in photos]
+    return [(n, np.ascontiguousarray(p[..., :3]).astype(np.uint8)) for n, p in photos]
 
 
 def _cells(photos: list[np.ndarray], per_photo: int = 28) -> list[tuple[int, int, int]]:
@@ -84,30 +90,33 @@ def _save(arr: np.ndarray, path: Path) -> None:
         Image.fromarray(arr).save(tmp, format="JPEG", quality=90)
 
 
-def _split_by_photo(cells: list[tuple[int, int, int]], cfg: DemoDataConfig, rng: np.random.Generator):
+def _split_by_photo(cells: list[tuple[int, int, int]], names: list[str], cfg: DemoDataConfig,
+                    rng: np.random.Generator):
     """Reference, distractor and training cells, each split made of WHOLE photos, so a training
     image never shows a scene of the references or the distractors (as in DISC21).
 
-    Photos are taken in a seeded order: distractors first, then references, at most
-    `PER_PHOTO` cells of each photo, spread over it (many cells of one scene look alike, so a
-    split spreads over many photos); the photos left over are the training set, all cells.
+    References and distractors come from the photos with varied content, in a seeded order
+    (distractors first), at most `PER_PHOTO` cells of each, spread over the photo; the
+    `TRAIN_ONLY` photos and the photos left over are the training set, all their cells.
     """
     by_photo: dict[int, list] = {}
     for c in cells:
         by_photo.setdefault(c[0], []).append(c)
-    photos = [int(k) for k in rng.permutation(sorted(by_photo))]
-    n_dis = min(cfg.n_distractor_queries, max(1, cfg.n_distractor_queries // 3))  # each queried ~3 times
+    varied = [k for k in sorted(by_photo) if names[k] not in TRAIN_ONLY]
+    photos = [int(k) for k in rng.permutation(varied)]
+    n_dis = max(1, -(-cfg.n_distractor_queries // QUERIES_PER_DISTRACTOR))
     out: dict[str, list] = {"dis": [], "refs": []}
     for name, want in (("dis", n_dis), ("refs", cfg.n_references)):
         while len(out[name]) < want:
-            if len(photos) < 2:
-                raise RuntimeError(f"{len(cells)} cells in {len(by_photo)} photos cannot make this demo data set")
+            if not photos:
+                raise RuntimeError(f"{len(varied)} varied photos cannot make this demo data set")
             out[name] += _spread(by_photo[photos.pop(0)])[:PER_PHOTO][: want - len(out[name])]
-    train = [c for k in photos for c in by_photo[k]]
+    train = [c for k in sorted(by_photo) if k in photos or names[k] in TRAIN_ONLY for c in by_photo[k]]
     return out["refs"], out["dis"], train
 
 
-PER_PHOTO = 10
+PER_PHOTO = 8  # reference / distractor cells per photo: few, so the references spread over many photos
+QUERIES_PER_DISTRACTOR = 4
 
 
 def _spread(cells: list) -> list:
@@ -128,8 +137,9 @@ def build_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig = DemoDat
     if (out / "ground_truth.csv").is_file() and (out / "dataset.json").is_file():
         return out
     rng = np.random.default_rng(cfg.seed)
-    photos = _source_photos()
-    ref_cells, dis_cells, train_cells = _split_by_photo(_cells(photos, cfg.max_cells_per_photo), cfg, rng)
+    named = _source_photos()
+    names, photos = [n for n, _ in named], [p for _, p in named]
+    ref_cells, dis_cells, train_cells = _split_by_photo(_cells(photos, cfg.max_cells_per_photo), names, cfg, rng)
     for sub in ("train", "references", "queries"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     n_train = cfg.n_train or len(train_cells)
