@@ -174,17 +174,37 @@ def one_ahead(tasks: Iterable[Callable[[], R]]) -> Iterator[R]:
                 return
 
 
+def single_threaded_blas():
+    """Limit numpy's BLAS (OpenBLAS) to one thread until `.restore_original_limits()`.
+
+    Why: OpenBLAS's threads busy-wait after every call. The start PCA of a batch (a float64
+    32 x 960 x 256 product, `PCAModel.transform`) runs in the prefetch thread while the model
+    runs; with two BLAS threads it spun a core the model needed (28 ms of CPU per call instead
+    of 0.6 ms, 2 shared cores), which cost precompute/describe a quarter of the model's speed.
+    OpenBLAS splits a product by rows and columns, never along the sum, and the product is
+    float64 rounded to float32: the rows are bit-identical with one thread (tested). No-op
+    without threadpoolctl (a scikit-learn dependency).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return None
+    return threadpool_limits(1, user_api="blas")
+
+
 class ChunkReader:
     """`compute(start, stop)` callbacks for `stages.rows.fill_rows`, served from a prefetch queue.
 
     `fill_rows` asks for consecutive chunks starting wherever an earlier run stopped; the first
     call fixes that start, after which the next chunk is always being decoded in the background.
+    numpy's BLAS is single-threaded while the reader is open (`single_threaded_blas`).
     """
 
     def __init__(self, files: Sequence[ImageFile], plan: InputPlan, chunk: int, workers: int) -> None:
         self.files, self.plan, self.chunk = files, plan, chunk
         self.pool = decode_pool(workers)
         self._it: Iterator[Batch] | None = None
+        self._blas = single_threaded_blas()  # before the prefetch thread exists: no BLAS call runs
 
     def _tasks(self, start: int) -> Iterator[Callable[[], Batch]]:
         for s in range(start, len(self.files), self.chunk):
@@ -203,6 +223,9 @@ class ChunkReader:
         if self._it is not None:
             self._it.close()  # type: ignore[attr-defined]
         self.pool.shutdown(wait=True)
+        if self._blas is not None:
+            self._blas.restore_original_limits()
+            self._blas = None
 
     def __enter__(self) -> "ChunkReader":
         return self
