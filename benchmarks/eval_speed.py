@@ -146,6 +146,9 @@ def run_isc_qk(folder: Path, method: str | None, max_results: int | None, all_qu
     stats, _ = _child([sys.executable, "-c", CLI_CHILD, *args], env)
     m = json.loads((folder / "metrics.json").read_text())
     stats.update(micro_ap=m["micro_ap"], n_predictions=m["n_predictions"], n_queries_searched=m["n_queries_searched"])
+    search = m.get("search_seconds") or {}
+    if search.get("cpu") is not None:  # the search alone, comparable with a floor's matmul loop
+        stats.update(loop_wall_s=search["wall"], loop_cpu_s=search["cpu"])
     return stats
 
 
@@ -203,6 +206,28 @@ def execute(name: str, folder: Path, args: argparse.Namespace, official: Path | 
     return run_isc_qk(folder, None if method == "auto" else method, args.max_results, all_queries=True)
 
 
+def _mean(results: list[tuple[str, dict]], name: str, key: str) -> float | None:
+    vals = [r[key] for n, r in results if n == name and r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def ratios(results: list[tuple[str, dict]]) -> list[str]:
+    """The issue's targets as ratios of means over the repetitions of one run."""
+    lines = []
+    official = _mean(results, "official", "cpu_s")
+    for name in ("isc-qk-int8", "isc-qk-fp32", "isc-qk-faiss"):
+        cpu = _mean(results, name, "cpu_s")
+        if official and cpu:
+            lines.append(f"{name} / official, process CPU: {cpu / official:.2f}x")
+    for kind in ("fp32", "int8"):
+        floor, search = _mean(results, f"floor-{kind}", "loop_cpu_s"), _mean(results, f"isc-qk-{kind}", "loop_cpu_s")
+        proc = _mean(results, f"isc-qk-{kind}", "cpu_s")
+        if floor and search:
+            lines.append(f"isc-qk-{kind} / floor-{kind} matmul loop, CPU: search {search / floor:.2f}x, "
+                         f"whole process {proc / floor:.2f}x")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--queries", type=int, default=50_000)
@@ -250,7 +275,7 @@ def main() -> None:
     title = f"{args.queries:,} queries x {args.references:,} refs x {args.dim}-d, cap {args.max_results:,}"
     out = Console(width=150)
     table = Table(title=title)
-    for col in ("run", "pairs kept", "micro-AP", "wall s", "CPU s", "peak RSS MB", "matmul loop wall / CPU s"):
+    for col in ("run", "pairs kept", "micro-AP", "wall s", "CPU s", "peak RSS MB", "loop wall / CPU s"):
         table.add_column(col, justify="right")
     for name, r in results:
         ap_text = r.get("micro_ap_printed") or (f"{r['micro_ap']:.5f}" if "micro_ap" in r else "")
@@ -258,6 +283,10 @@ def main() -> None:
         kept = f"{r['n_predictions']:,}" if r.get("n_predictions") is not None else ""
         table.add_row(name, kept, ap_text, f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", f"{r['peak_rss_mb']:.0f}", loop)
     out.print(table)
+    out.print("loop: the floors' matmul loop; isc-qk's search alone (evaluate-uap's JSON `search_seconds`), "
+              "without start-up, reading and scoring")
+    for line in ratios(results):
+        out.print(line)
     cpu = cpu_description()
     out.print(f"CPU: {cpu.get('model', '?')}, {cpu['cores']} cores, flags: {' '.join(cpu.get('flags', []))}")
     if args.json:

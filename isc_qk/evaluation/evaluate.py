@@ -16,6 +16,7 @@ were not found (with a warning): leaving them out would inflate the score.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,9 @@ class EvalResult:
     precisions: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     recalls: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    # the search alone (no reading, no scoring): what benchmarks compare with a bare matmul
+    search_wall_s: float | None = None
+    search_cpu_s: float | None = None  # all threads of this process
 
 
 def _searched_rows(query: Descriptors, gt: GroundTruth, all_queries: bool) -> np.ndarray:
@@ -110,11 +114,13 @@ def evaluate(
     rows = _searched_rows(query, gt, all_queries)
     xq = query.vectors[rows]
     cap = None
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     if knn is not None:
         pairs = knn_pairs(xq, reference.vectors, knn, threads=threads)
     else:
         cap = max_results if max_results is not None else RESULTS_PER_QUERY * len(rows)
         pairs = _run_global(xq, reference.vectors, cap, threads, progress)
+    search_wall, search_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
 
     metrics = _score(pairs, rows, query, reference, gt)
     return EvalResult(
@@ -135,6 +141,8 @@ def evaluate(
         precisions=metrics.precisions,
         recalls=metrics.recalls,
         thresholds=metrics.thresholds,
+        search_wall_s=search_wall,
+        search_cpu_s=search_cpu,
     )
 
 

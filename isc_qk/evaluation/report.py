@@ -23,6 +23,7 @@ def to_json(res: EvalResult) -> dict:
         "knn": res.knn,
         "all_queries": res.all_queries,
         "warnings": list(res.warnings),
+        "search_seconds": {"wall": res.search_wall_s, "cpu": res.search_cpu_s},
     }
 
 
