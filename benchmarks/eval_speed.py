@@ -137,7 +137,7 @@ def _child(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> t
 
 def run_isc_qk(folder: Path, method: str | None, max_results: int | None, all_queries: bool) -> dict:
     args = ["evaluate-uap", "--ground-truth", str(folder / "gt.csv"), "--query", str(folder / "query.h5"),
-            "--reference", str(folder / "reference.h5"), "--json", str(folder / "metrics.json")]
+            "--reference", str(folder / "reference.h5"), "--json", str(folder / "metrics.json"), "--timings"]
     if all_queries:
         args.append("--all-queries")
     if max_results is not None:

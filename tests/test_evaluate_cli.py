@@ -51,6 +51,16 @@ def test_evaluate_uap_table_json_and_plot(tmp_path, run_cli):
     assert data["n_predictions"] == 300 and data["n_positives"] == 20
     assert 0 < data["micro_ap"] <= 1
     assert (tmp_path / "pr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "search_seconds" not in data  # without --timings the file depends on its inputs only
+
+
+def test_timings_add_the_search_seconds(tmp_path, run_cli):
+    _data(tmp_path)
+    res = run_cli("evaluate-uap", "--ground-truth", tmp_path / "gt.csv", "--query", tmp_path / "q.h5",
+                  "--reference", tmp_path / "r.h5", "--json", tmp_path / "m.json", "--timings")
+    assert res.code == 0, res.err
+    secs = json.loads((tmp_path / "m.json").read_text())["search_seconds"]
+    assert secs["wall"] > 0 and secs["cpu"] >= 0
 
 
 def test_json_null_when_p90_not_reached(tmp_path, run_cli):

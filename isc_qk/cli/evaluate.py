@@ -51,6 +51,9 @@ def evaluate_uap(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the numbers as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the precision-recall curve PNG here.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="faiss threads [default: faiss's own].")] = None,
+    timings: Annotated[
+        bool, typer.Option("--timings", help="Add the search's own wall/CPU seconds to the JSON (benchmarks).")
+    ] = False,
 ) -> None:
     """Exact ISC2021 micro-AP (global top-N by squared L2), recall@P90 and recall@rank."""
     from ..evaluation.evaluate import evaluate
@@ -80,6 +83,6 @@ def evaluate_uap(
         warn(w)
     out.print(result_table(res))
     if json_path is not None:
-        write_json(json_path, to_json(res))
+        write_json(json_path, to_json(res, timings=timings))
     if plot is not None:
         plot_pr(res, plot)
