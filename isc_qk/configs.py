@@ -244,6 +244,9 @@ class PCAFitConfig:
     n_train: int | None = 10000  # None: every training image
     seed: int = 0
     dim: int = 256
+    # divide each component by its training standard deviation, then L2 (`formats.pca`): the
+    # start is then as good as the baseline whitened after the fact (the demo: few images)
+    whiten: bool = False
 
     def validate(self) -> None:
         if self.n_train is not None:

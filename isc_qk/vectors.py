@@ -23,8 +23,10 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / norms[:, None]).astype(np.float32)
 
 
-def fit_pca(x: np.ndarray, dim: int, *, seed: int = 0, train_ids: Sequence[str] | None = None) -> PCAModel:
-    """Fit a PCA (no whitening) on TRAINING vectors only; `seed` is recorded, not used.
+def fit_pca(x: np.ndarray, dim: int, *, seed: int = 0, train_ids: Sequence[str] | None = None,
+            whiten: bool = False) -> PCAModel:
+    """Fit a PCA (whitening if asked: see `PCAModel`) on TRAINING vectors only; `seed` is
+    recorded, not used.
 
     Raises ValueError (a caller bug) when there are fewer vectors than dimensions: stages
     check that first and explain it to the user.
@@ -38,7 +40,7 @@ def fit_pca(x: np.ndarray, dim: int, *, seed: int = 0, train_ids: Sequence[str] 
         raise ValueError(f"need at least {dim} training vectors to fit a {dim}-d PCA, got {x.shape[0]}")
     pca = PCA(n_components=dim, whiten=False, svd_solver="full")
     pca.fit(x.astype(np.float64))
-    config = {"n_train": int(x.shape[0]), "seed": int(seed),
+    config = {"n_train": int(x.shape[0]), "seed": int(seed), "whiten": bool(whiten),
               "train_ids": list(train_ids) if train_ids is not None else None}
     return PCAModel(mean=pca.mean_, components=pca.components_, explained_variance=pca.explained_variance_,
                     config=config)

@@ -39,6 +39,30 @@ def test_fit_on_given_training_array_only_no_whitening():
     np.testing.assert_allclose(pca.transform(other), (other - pca.mean) @ pca.components.T, rtol=1e-4, atol=1e-4)
 
 
+def test_whitened_pca_gives_unit_variance_and_round_trips(tmp_path):
+    # why: the demo's start is whitened GIST-PCA (its first components dominate raw distances)
+    train = _train_data(n=300, d=120)
+    plain, white = fit_pca(train, dim=32), fit_pca(train, dim=32, whiten=True)
+    assert not plain.whiten and white.whiten
+    z = white.transform(train)
+    np.testing.assert_allclose(z.var(axis=0, ddof=1), 1.0, rtol=1e-3)
+    np.testing.assert_allclose(z, plain.transform(train) / np.sqrt(plain.explained_variance), rtol=1e-4, atol=1e-5)
+    back = PCAModel.load(white.save(tmp_path / "w.npz"))
+    assert back.whiten and json.loads(config_path(tmp_path / "w.npz").read_text())["whiten"] is True
+    np.testing.assert_array_equal(back.transform(train[:7]), z[:7])
+
+
+def test_whitened_start_is_l2_normalised():
+    from isc_qk.starts.registry import StartDescriptor
+
+    train = _train_data(n=200, d=960)
+    gist_start = StartDescriptor("gist")
+    plain = gist_start.start(fit_pca(train, dim=16), train[:5])
+    white = gist_start.start(fit_pca(train, dim=16, whiten=True), train[:5])
+    assert not np.allclose(np.linalg.norm(plain, axis=1), 1.0)  # GIST-PCA keeps its raw scale
+    np.testing.assert_allclose(np.linalg.norm(white, axis=1), 1.0, rtol=1e-5)
+
+
 def test_fit_needs_enough_vectors():
     with pytest.raises(ValueError):
         fit_pca(_train_data(n=10), dim=256)

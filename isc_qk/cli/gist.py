@@ -14,7 +14,7 @@ from .app import app
 
 
 def _run(descriptor: str, out: Path, train: Optional[Path], n_train: int, seed: int, pca: Optional[Path],
-         images: Optional[Path], shard: Optional[str], workers: int, merge: bool) -> None:
+         images: Optional[Path], shard: Optional[str], workers: int, merge: bool, whiten: bool = False) -> None:
     from ..starts.stage import describe_start_set, fit_start_pca, merge_start_shards
     from ..ui import console
 
@@ -26,7 +26,7 @@ def _run(descriptor: str, out: Path, train: Optional[Path], n_train: int, seed: 
     if train is not None:
         if n_train < 0:
             raise UserError(f"--n-train must be >= 0 (0 = every training image), got {n_train}")
-        cfg = PCAFitConfig(n_train=n_train or None, seed=seed)
+        cfg = PCAFitConfig(n_train=n_train or None, seed=seed, whiten=whiten)
         console.print(f"{descriptor} PCA: {fit_start_pca(descriptor, train, out, cfg, workers=workers)}")
         return
     if pca is None:
@@ -41,6 +41,7 @@ def _run(descriptor: str, out: Path, train: Optional[Path], n_train: int, seed: 
 _OUT_HELP = "With --train: a folder for pca.npz. With --images: SET.h5."
 _N_TRAIN = default(PCAFitConfig, "n_train")
 _SEED = default(PCAFitConfig, "seed")
+_WHITEN_HELP = "With --train: divide each component by its training standard deviation, then L2."
 
 
 @app.command("gist-pca")
@@ -54,11 +55,12 @@ def gist_pca(
     shard: Optional[str] = typer.Option(None, "--shard", help="Describe only slice I of N, e.g. 0/4."),
     workers: int = typer.Option(2, "--workers", min=1),
     merge: bool = typer.Option(False, "--merge", help="Join finished shards of --out (SET.h5 and SET.gist960.h5)."),
+    whiten: bool = typer.Option(default(PCAFitConfig, "whiten"), "--whiten", help=_WHITEN_HELP),
 ) -> None:
-    """GIST-PCA256, the ISC2021 baseline: `--train DIR --out DIR` fits the PCA (no whitening) on
-    training images; `--pca PCA --images DIR --out SET.h5` writes SET.h5 (256-d) and
+    """GIST-PCA256, the ISC2021 baseline: `--train DIR --out DIR` fits the PCA (no whitening
+    unless --whiten) on training images; `--pca PCA --images DIR --out SET.h5` writes SET.h5 (256-d) and
     SET.gist960.h5 in the official per-set layout."""
-    _run("gist", out, train, n_train, seed, pca, images, shard, workers, merge)
+    _run("gist", out, train, n_train, seed, pca, images, shard, workers, merge, whiten)
 
 
 @app.command("descriptor-pca")
@@ -74,8 +76,9 @@ def descriptor_pca(
     shard: Optional[str] = typer.Option(None, "--shard", help="Describe only slice I of N, e.g. 0/4."),
     workers: int = typer.Option(2, "--workers", min=1),
     merge: bool = typer.Option(False, "--merge", help="Join finished shards of --out (SET.h5 and its raw file)."),
+    whiten: bool = typer.Option(default(PCAFitConfig, "whiten"), "--whiten", help=_WHITEN_HELP),
 ) -> None:
     """A frozen descriptor's PCA-256 fitted on TRAINING images, then L2 (SSCD-PCA256...): the
     baseline descriptor, and the residual start of `init-model --residual`. Writes SET.h5 and
     the raw vectors (SET.sscd512.h5...)."""
-    _run(descriptor, out, train, n_train, seed, pca, images, shard, workers, merge)
+    _run(descriptor, out, train, n_train, seed, pca, images, shard, workers, merge, whiten)

@@ -49,6 +49,8 @@ def pipeline_cmd(
     head_shortcut: Optional[bool] = typer.Option(None, "--head-shortcut/--paper-head",
                                                  help="Zero-initialised FFN output + linear shortcut, or the paper's head."),
     copies: Optional[int] = typer.Option(None, "--copies", help="Augmented copies per training image."),
+    whiten_start: Optional[bool] = typer.Option(None, "--whiten-start/--plain-start",
+                                                help="Whitened PCA (then L2) for the frozen descriptors' baselines and the residual start."),
     seed: int = typer.Option(0, "--seed"),
     baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma list of gist, imagenet, sscd, inbatch, or '' for none."),
     normalize: Optional[str] = typer.Option(None, "--normalize", help="Extra rows with score normalisation: nes, whiten, ''."),
@@ -68,7 +70,7 @@ def pipeline_cmd(
         model=_override(base.model, backbone=backbone, residual=residual, residual_scale=residual_scale,
                         head_shortcut=head_shortcut),
         train=_override(base.train, batch_size=batch, lr=lr, warmup=warmup, loss=_override(base.train.loss, tau=tau, m=m)),
-        augment=_override(base.augment, copies=copies)).with_seed(seed)
+        augment=_override(base.augment, copies=copies), pca=_override(base.pca, whiten=whiten_start)).with_seed(seed)
     if backbone is not None and backbone_weights is None:  # a new backbone starts from its own weights
         from ..models.onnx_model import is_onnx_name
 

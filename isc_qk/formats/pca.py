@@ -19,10 +19,17 @@ import numpy as np
 from ..errors import UserError
 from .atomic import atomic_path, save_npz
 
+WHITEN_FLOOR = 1e-6  # smallest variance kept when whitening, relative to the largest
+
 
 @dataclass
 class PCAModel:
-    """Mean (D,) and components (dim, D), rows orthonormal, sorted by decreasing variance."""
+    """Mean (D,) and components (dim, D), rows orthonormal, sorted by decreasing variance.
+
+    ``config["whiten"]`` True: `transform` also divides each component by its training
+    standard deviation (sqrt of `explained_variance`, floored at 1e-6 of the largest), so no
+    direction dominates the distances (a handcrafted start such as GIST is dominated by its
+    first components)."""
 
     mean: np.ndarray
     components: np.ndarray
@@ -43,17 +50,33 @@ class PCAModel:
     def input_dim(self) -> int:
         return int(self.mean.shape[0])
 
+    @property
+    def whiten(self) -> bool:
+        return bool(self.config.get("whiten", False))
+
+    def _scale(self) -> np.ndarray:
+        if self.explained_variance is None:
+            raise UserError("this PCA file has no explained_variance: it cannot whiten")
+        var = np.asarray(self.explained_variance, np.float64)
+        return 1.0 / np.sqrt(np.maximum(var, WHITEN_FLOOR * max(float(var[0]), 1e-30)))
+
     def transform(self, x: np.ndarray) -> np.ndarray:
-        """Project rows: (x - mean) @ components.T as float32 (n, dim); no whitening, no norm."""
+        """Project rows: (x - mean) @ components.T as float32 (n, dim), divided by the components'
+        standard deviations when the model whitens; never normalised."""
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
             raise ValueError(f"expected (n, {self.mean.shape[0]}) descriptors, got {x.shape}")
         # float64 product, then float32: BLAS sums in a batch-size-dependent order, and in float64
         # that never shows after rounding, so a shard's rows equal the unsharded run's rows.
         centred = x.astype(np.float64) - np.asarray(self.mean, np.float64)
-        return (centred @ np.asarray(self.components, np.float64).T).astype(np.float32)
+        proj = centred @ np.asarray(self.components, np.float64).T
+        if self.whiten:
+            proj *= self._scale()
+        return proj.astype(np.float32)
 
     def fingerprint_arrays(self) -> tuple[np.ndarray, ...]:
+        if self.whiten:
+            return (self.mean, self.components, np.asarray(self.explained_variance, np.float64))
         return (self.mean, self.components)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -63,7 +86,7 @@ class PCAModel:
         if self.explained_variance is not None:
             arrays["explained_variance"] = np.asarray(self.explained_variance, dtype=np.float64)
         save_npz(path, **arrays)
-        config = {"dim_in": self.input_dim, "dim_out": self.dim, "whiten": False, **self.config}
+        config = {"dim_in": self.input_dim, "dim_out": self.dim, "whiten": self.whiten, **self.config}
         with atomic_path(config_path(path)) as tmp:
             tmp.write_text(json.dumps(config, indent=1, sort_keys=True))
         return path

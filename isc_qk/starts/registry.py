@@ -122,9 +122,10 @@ class StartDescriptor:
             raise UserError(f"{where}: the PCA takes {pca.input_dim}-d vectors, {self.name} gives {self.raw_dim}-d")
 
     def start(self, pca: PCAModel, raw: np.ndarray) -> np.ndarray:
-        """The start vectors (n, pca.dim) of raw vectors: PCA, then L2 for embeddings."""
+        """The start vectors (n, pca.dim) of raw vectors: PCA, then L2 for embeddings and for
+        whitened PCAs (whitened GIST has no meaningful length)."""
         x = pca.transform(np.asarray(raw, np.float32))
-        return l2_normalize(x) if self.l2_after_pca else x
+        return l2_normalize(x) if self.l2_after_pca or pca.whiten else x
 
 
 def _decode(path: str):

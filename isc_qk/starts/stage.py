@@ -109,7 +109,7 @@ def fit_start_pca(descriptor: str, train_dir: str | os.PathLike, out_dir: str | 
         warn_skipped(failures)
         if len(res.ids) < cfg.dim:
             raise UserError(f"{train_dir}: only {len(res.ids)} readable training images, need {cfg.dim}")
-        pca = fit_pca(res.raw, dim=min(cfg.dim, desc.raw_dim), seed=cfg.seed, train_ids=res.ids)
+        pca = fit_pca(res.raw, dim=min(cfg.dim, desc.raw_dim), seed=cfg.seed, train_ids=res.ids, whiten=cfg.whiten)
         if not desc.is_gist:
             pca.config.update(descriptor=descriptor, l2_after=True)
         pca.save(pca_path(out_dir))
