@@ -81,3 +81,16 @@ def test_cli_errors_are_one_line(tmp_path, run_cli):
     assert res.code == 2 and "Traceback" not in res.err and "error:" in res.err
     res = run_cli("gist-pca", "--pca", tmp_path / "missing.npz", "--images", tmp_path, "--out", tmp_path / "s.h5")
     assert res.code == 2 and "Traceback" not in res.err
+
+
+def test_whitened_fit_gives_a_whitened_file_and_l2_start_vectors(tmp_path, image_folder):
+    # why: the demo starts from whitened GIST-PCA; the setting must reach the file and describe
+    from isc_qk.formats.pca import PCAModel
+
+    train, _ = image_folder(24, "T", seed=1)
+    refs, _ = image_folder(6, "R", seed=2)
+    path = fit_gist_pca(train, tmp_path / "w", PCAFitConfig(n_train=None, dim=8, whiten=True))
+    model = PCAModel.load(path)
+    assert model.whiten and model.explained_variance is not None
+    describe_gist_set(path, refs, tmp_path / "r.h5", progress=False)
+    np.testing.assert_allclose(np.linalg.norm(read_descriptors(tmp_path / "r.h5").vectors, axis=1), 1.0, rtol=1e-5)
