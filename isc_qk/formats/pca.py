@@ -22,6 +22,13 @@ from .atomic import atomic_path, save_npz
 WHITEN_FLOOR = 1e-6  # smallest variance kept when whitening, relative to the largest
 
 
+def floored_variance(var: np.ndarray) -> np.ndarray:
+    """Variances raised to at least WHITEN_FLOOR x the largest: what every whitening divides
+    by the square root of (a PCA start here, the `whiten` normaliser in `normalize`)."""
+    var = np.asarray(var, np.float64)
+    return np.maximum(var, WHITEN_FLOOR * max(float(var[0]), 1e-30))
+
+
 @dataclass
 class PCAModel:
     """Mean (D,) and components (dim, D), rows orthonormal, sorted by decreasing variance.
@@ -41,6 +48,8 @@ class PCAModel:
         self.components = np.asarray(self.components, dtype=np.float32)
         if self.components.ndim != 2 or self.components.shape[1] != self.mean.shape[0]:
             raise ValueError(f"PCA components {self.components.shape} do not match mean {self.mean.shape}")
+        if self.whiten and self.explained_variance is None:  # load() reports it as a bad PCA file
+            raise ValueError("a whitening PCA needs explained_variance")
 
     @property
     def dim(self) -> int:
@@ -54,11 +63,6 @@ class PCAModel:
     def whiten(self) -> bool:
         return bool(self.config.get("whiten", False))
 
-    def _scale(self) -> np.ndarray:
-        if self.explained_variance is None:
-            raise UserError("this PCA file has no explained_variance: it cannot whiten")
-        var = np.asarray(self.explained_variance, np.float64)
-        return 1.0 / np.sqrt(np.maximum(var, WHITEN_FLOOR * max(float(var[0]), 1e-30)))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Project rows: (x - mean) @ components.T as float32 (n, dim), divided by the components'
@@ -71,7 +75,7 @@ class PCAModel:
         centred = x.astype(np.float64) - np.asarray(self.mean, np.float64)
         proj = centred @ np.asarray(self.components, np.float64).T
         if self.whiten:
-            proj *= self._scale()
+            proj /= np.sqrt(floored_variance(self.explained_variance))
         return proj.astype(np.float32)
 
     def fingerprint_arrays(self) -> tuple[np.ndarray, ...]:

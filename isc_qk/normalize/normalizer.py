@@ -52,11 +52,11 @@ from ..errors import UserError
 from ..formats.atomic import read_json, write_json
 from ..formats.descriptors import Descriptors, check_vectors
 from ..formats.normalizer import load_normalizer_arrays, save_normalizer_arrays
+from ..formats.pca import floored_variance
 from ..vectors import fit_pca, l2_normalize
 
 CONFIG_FILE = "config.json"
 CONFIG_KIND = "normalizer"
-EIG_FLOOR = 1e-6  # eigenvalues below EIG_FLOOR * largest are raised to it before whitening
 BATCH = 4096  # rows per faiss search / matrix product; only a speed/memory knob
 
 
@@ -218,8 +218,7 @@ def fit_normalizer(train: Descriptors | np.ndarray, cfg: NormConfig, show_progre
                 f"whitening to {out_dim} dimensions needs more than {out_dim} training descriptors, got {n}"
             )
         mean, vecs, vals = _pca(xn, out_dim)
-        vals = np.maximum(vals, EIG_FLOOR * max(float(vals[0]), 1e-30))
-        norm.mean, norm.proj = _as_f32(mean, vecs / np.sqrt(vals))
+        norm.mean, norm.proj = _as_f32(mean, vecs / np.sqrt(floored_variance(vals)))
         return norm
 
     # nes
