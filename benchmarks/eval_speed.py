@@ -12,7 +12,8 @@ into a forked child's `ru_maxrss`):
 
 * ``floor-fp32``: the bare float32 matmul of all query x reference pairs (numpy's BLAS, in
   4096 x 16384 tiles; only the matmul loop is timed) -- the least any exact fp32 search does;
-  ``floor-int8``: the same with onnxruntime's MatMulInteger (the int8 first pass's matmul).
+  ``floor-int8``: the same with onnxruntime's MatMulInteger (the int8 first pass's matmul call, which also
+  returns the maxima of its runs of 256 scores).
 * ``isc-qk-int8`` / ``isc-qk-fp32`` / ``isc-qk-faiss``: ``evaluate-uap --all-queries
   --max-results 500000`` (the official tool's work) with ``ISC_QK_SEARCH`` set in the child.
 * ``official``: ``scripts/compute_metrics.py --track2`` of facebookresearch/isc2021 when
@@ -82,7 +83,7 @@ if kind == "fp32":  # numpy's BLAS, all its threads, 4096 x 16384 tiles
         for j in range(0, len(xb), 16384):
             b = xb[j : j + 16384]
             np.matmul(a, b.T, out=buf[: len(a) * len(b)].reshape(len(a), len(b)))  # contiguous: BLAS
-else:  # onnxruntime MatMulInteger, one single-threaded session per thread, as prefilter.Scanner
+else:  # onnxruntime MatMulInteger (+ its run maxima, one call), sessions shared by threads, as prefilter.Scanner
     from isc_qk.evaluation import prefilter as pf
     k = pf.kernel_for("int8", xq.shape[1])
     qa = np.random.default_rng(0).integers(1, 128, xq.shape).astype(np.uint8)
@@ -92,9 +93,10 @@ else:  # onnxruntime MatMulInteger, one single-threaded session per thread, as p
     t0, c0 = time.perf_counter(), time.process_time()
     def block(i):
         out = np.empty((pf.ROWS, pf.TILE), np.int32)
+        top = np.empty((pf.ROWS, pf.TILE // pf.SEG), np.int32)
         a = qa[i : i + pf.ROWS]
         for v in values:
-            k(a, v, out[: len(a)])
+            k(a, v, out[: len(a)], top[: len(a)])
     with ThreadPoolExecutor(pf.default_threads()) as ex:
         list(ex.map(block, range(0, len(xq), pf.ROWS)))
 report({"code": 0, "loop_wall_s": time.perf_counter() - t0, "loop_cpu_s": time.process_time() - c0})

@@ -237,3 +237,66 @@ def test_cpu_choice():
 def test_int8_matmul_is_exact_at_the_extremes():
     kernel = prefilter.kernel_for("int8", 37)
     assert kernel is not None and prefilter._int8_kernel_is_exact(kernel)
+
+
+@pytest.mark.parametrize("kind", ["fp32", pytest.param("int8", marks=pytest.mark.skipif(not HAS_ORT, reason="no onnxruntime"))])
+def test_matmul_call_returns_the_maxima_of_its_runs(kind):
+    """One call gives the tile's scores and the maximum of every run of SEG of them (all-negative
+    runs included), from a session whose reference tile is packed once."""
+    d, rows = 48, 37
+    rng = np.random.default_rng(7)
+    kernel = prefilter.kernel_for(kind, d)
+    if kind == "fp32":
+        a = rng.standard_normal((rows, d)).astype(np.float32)
+        b = rng.standard_normal((prefilter.TILE, d)).astype(np.float32)
+        b[: prefilter.SEG] = -np.abs(b[: prefilter.SEG])
+        a[:5] = np.abs(a[:5])  # rows 0-4: a run of negative scores only
+        want = a.astype(np.float64) @ b.astype(np.float64).T
+    else:
+        a = rng.integers(1, 128, (rows, d)).astype(np.uint8)
+        b = rng.integers(-127, 128, (d, prefilter.TILE)).astype(np.int8)
+        want = (a.astype(np.int64) - prefilter.ZERO_POINT) @ b.astype(np.int64)
+    out = np.empty((rows, prefilter.TILE), kernel.out_dtype)
+    top = np.empty((rows, prefilter.TILE // prefilter.SEG), kernel.out_dtype)
+    tile = kernel.tile(b)
+    for _ in range(2):  # the same session again: nothing left over from the first call
+        kernel(a, tile, out, top)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-3)
+        assert np.array_equal(top, out.reshape(rows, -1, prefilter.SEG).max(axis=2))
+    if kind == "fp32":
+        assert (top[:5, 0] < 0).all()
+
+
+@pytest.mark.parametrize("kind", ["fp32", pytest.param("int8", marks=pytest.mark.skipif(not HAS_ORT, reason="no onnxruntime"))])
+def test_coarse_thresholds_are_never_stricter_than_the_bound(kind):
+    """The float64 thresholds h, converted to the matmul's type, let every score >= h pass."""
+    rng = np.random.default_rng(8)
+    nb = 3 * prefilter.TILE - prefilter.SEG - 44  # a padded last tile: one segment of padding only
+    xb = (rng.standard_normal((nb, 32)) * rng.uniform(0.1, 10, (nb, 1))).astype(np.float32)
+    xq = rng.standard_normal((50, 32)).astype(np.float32)
+    scanner = prefilter.Scanner(xb, kind, threads=1)
+    try:
+        qs = prefilter.prepare_queries(xq, kind)
+        for tau in (0.0, 1.0, 37.5, 1e4):
+            alpha = qs.alpha(tau)
+            got = scanner._coarse_thresholds(alpha, qs.a1, qs.a2, 2 * qs.c)
+            refs = scanner.refs
+            h = (alpha[:, None] + refs.seg_beta_min - 2 * qs.a1[:, None] * refs.seg_b1_max
+                 - 2 * qs.a2[:, None] * refs.seg_b2_max) / (2 * qs.c[:, None] * refs.seg_t)
+            h = h.reshape(len(xq), refs.n_tiles, -1).transpose(1, 0, 2)
+            assert got.dtype == scanner.kernel.out_dtype and got.shape == h.shape
+            finite = np.isfinite(h)
+            assert not finite.all()
+            if kind == "fp32":  # a float32 y >= h is >= t: t <= h, and t is within 2 ulps of h
+                assert (got.astype(np.float64) <= h).all()
+                assert np.allclose(got[finite], h[finite], rtol=3e-7, atol=1e-30)
+            else:  # an integer y >= h iff y >= ceil(h)
+                assert np.array_equal(got[finite], np.ceil(h[finite]).astype(np.int32))
+                assert (got[~finite] == 2**31 - 1).all()  # padding segments: nothing passes
+    finally:
+        scanner.close()
+
+
+def test_matmul_tiles_are_whole_segments():
+    with pytest.raises(ValueError, match="multiple"):
+        prefilter.matmul_model("fp32", 8, prefilter.SEG + 1)
