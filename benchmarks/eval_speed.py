@@ -12,8 +12,8 @@ into a forked child's `ru_maxrss`):
 
 * ``floor-fp32``: the bare float32 matmul of all query x reference pairs (numpy's BLAS, in
   4096 x 16384 tiles; only the matmul loop is timed) -- the least any exact fp32 search does;
-  ``floor-int8``: the same with onnxruntime's MatMulInteger (the int8 first pass's matmul call, which also
-  returns the maxima of its runs of 256 scores).
+  ``floor-int8``: the same with onnxruntime's MatMulInteger (the int8 first pass's matmul
+  call, which also returns the maxima of its runs of 256 scores).
 * ``isc-qk-int8`` / ``isc-qk-fp32`` / ``isc-qk-faiss``: ``evaluate-uap --all-queries
   --max-results 500000`` (the official tool's work) with ``ISC_QK_SEARCH`` set in the child.
 * ``official``: ``scripts/compute_metrics.py --track2`` of facebookresearch/isc2021 when

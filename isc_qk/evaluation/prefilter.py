@@ -468,14 +468,14 @@ class Scanner:
         t = h.astype(np.float32)
         return np.nextafter(t, np.float32(-np.inf), out=t)
 
-    def _block(self, qs: Queries, r0: int, r1: int, tau: float) -> tuple[np.ndarray, np.ndarray, int]:
+    def _block(self, qs: Queries, alpha_all: np.ndarray, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Candidates of queries r0:r1 (`alpha_all`: `qs.alpha(tau)` of the whole batch)."""
         refs = self.refs
         spt = TILE // SEG
         n = r1 - r0
         a = qs.operand[r0:r1]
-        alpha = qs.alpha(tau)[r0:r1]
-        a1, a2, c2 = qs.a1[r0:r1, None], qs.a2[r0:r1, None], 2 * qs.c[r0:r1, None]
-        h_all = self._coarse_thresholds(alpha, a1[:, 0], a2[:, 0], c2[:, 0])
+        alpha, a1, a2, c2 = alpha_all[r0:r1], qs.a1[r0:r1], qs.a2[r0:r1], 2 * qs.c[r0:r1]
+        h_all = self._coarse_thresholds(alpha, a1, a2, c2)
         y, top = self._buffers(n)
         runs_all = y.reshape(n * spt, SEG)
         out_i, out_j = [], []
@@ -496,8 +496,8 @@ class Scanner:
             j = k * TILE + (run_of % spt) * SEG + hit % SEG
             yv = np.take(runs, hit).astype(np.float64)
             # the exact bound test of each pair (float64, as derived in the module docstring)
-            rij = alpha[i] + refs.beta[j] - 2 * a1[i, 0] * refs.b1[j] - 2 * a2[i, 0] * refs.b2[j]
-            keep = c2[i, 0] * refs.tscale[j] * yv >= rij
+            rij = alpha[i] + refs.beta[j] - 2 * a1[i] * refs.b1[j] - 2 * a2[i] * refs.b2[j]
+            keep = c2[i] * refs.tscale[j] * yv >= rij
             out_i.append(i[keep] + r0)
             out_j.append(j[keep])
         if not out_i:
@@ -507,11 +507,12 @@ class Scanner:
     def candidates(self, xq: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
         """(query row in xq, reference row) of every pair whose lower bound is <= tau."""
         qs = prepare_queries(xq, self.kind)
+        alpha = qs.alpha(tau)
         blocks = [(r0, min(len(xq), r0 + self.rows)) for r0 in range(0, len(xq), self.rows)]
         if self.pool is None:
-            parts = [self._block(qs, r0, r1, tau) for r0, r1 in blocks]
+            parts = [self._block(qs, alpha, r0, r1) for r0, r1 in blocks]
         else:
-            parts = list(self.pool.map(lambda b: self._block(qs, b[0], b[1], tau), blocks))
+            parts = list(self.pool.map(lambda b: self._block(qs, alpha, b[0], b[1]), blocks))
         self.n_coarse += sum(p[2] for p in parts)
         self.n_runs += len(xq) * self.refs.n_tiles * (TILE // SEG)
         qi = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)

@@ -63,7 +63,6 @@ class PCAModel:
     def whiten(self) -> bool:
         return bool(self.config.get("whiten", False))
 
-
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Project rows: (x - mean) @ components.T as float32 (n, dim), divided by the components'
         standard deviations when the model whitens; never normalised."""
