@@ -12,14 +12,19 @@ run can be reproduced and a re-run with other settings into the same output is r
       augment: AugmentConfig       the training queries
       pca: PCAFitConfig           the PCA fits of the frozen descriptors (GIST, SSCD)
 
-Two sets of defaults exist on purpose: the paper's (`LossConfig`, `ModelConfig`,
-`TrainConfig`, used by the single-stage commands) and the CPU-budget recipe measured on
-../shared/minidisc (`CPU_RECIPE_*`, used by `pipeline` and `demo`; README "Choosing the
-settings").
+The defaults here are the paper's. The measured recipes (the CPU-budget GIST recipe, the SSCD
+recipe, the demo's) are whole `PipelineConfig`s declared once in `isc_qk.recipes`; every
+command takes one with ``--recipe`` and any single setting with ``--set section.name=value``
+(`apply_settings`), so every setting of every recipe is reachable stage by stage.
+
+This is the bottom layer: validating a config checks values only (ranges, choices); whether a
+backbone or start NAME exists is the encoder registry's business (`encoders.parse`), checked
+by the stages before any work, so validating never loads a model.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
@@ -102,6 +107,72 @@ def diff(old: dict, new: dict, ignore: tuple[str, ...] = (), defaults: dict | No
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 
+def apply_settings(cfg: C, assignments: list[str], section: str = "") -> C:
+    """`cfg` with ``--set name=value`` assignments applied (a new object; `cfg` is untouched).
+
+    Names are the dotted paths of `PipelineConfig` (``train.loss.tau``, ``model.head_hidden``):
+    the same names as in every saved record, so a setting can be copied from one. A command whose
+    config is one section of it (`train-q`: ``train``) takes the names under that section.
+    Values are parsed by the field's type: numbers, ``true``/``false``, ``none`` for optional
+    fields, comma-separated lists.
+    """
+    cfg = copy.deepcopy(cfg)
+    for text in assignments:
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UserError(f"--set {text!r}: expected NAME=VALUE, e.g. --set train.loss.tau=2")
+        path = name.split(".")
+        if section:
+            if path[0] != section:
+                raise UserError(f"--set {name}: this command takes {section}.* settings only")
+            path = path[1:]
+        target = cfg
+        for i, part in enumerate(path):
+            fields = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
+            if part not in fields:
+                where = ".".join(([section] if section else []) + path[:i]) or "the config"
+                choices = ", ".join(sorted(fields)) or "none"
+                raise UserError(f"--set {name}: {where} has no setting {part!r} (it has: {choices})")
+            if i < len(path) - 1:
+                target = getattr(target, part)
+                continue
+            hint = typing.get_type_hints(type(target))[part]
+            if dataclasses.is_dataclass(hint):
+                raise UserError(f"--set {name}: a group of settings; set one of its fields ({name}.NAME=VALUE)")
+            setattr(target, part, _parse_value(value.strip(), hint, name))
+    return cfg
+
+
+def _parse_value(text: str, hint: Any, name: str) -> Any:
+    """`text` as a value of type `hint` (int, float, bool, str, X | None, list[str])."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if text.lower() in ("none", "null", ""):
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    try:
+        if origin is list:
+            return [_parse_value(x.strip(), args[0] if args else str, name) for x in text.split(",") if x.strip()]
+        if hint is bool:
+            low = text.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(text)
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return float(text)
+        return str(text)
+    except ValueError:
+        kind = getattr(hint, "__name__", str(hint))
+        raise UserError(f"--set {name}={text}: not a valid {kind}") from None
+
+
 def _positive(name: str, v: float) -> None:
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
         raise UserError(f"--{name} must be a finite number > 0, got {v}")
@@ -160,12 +231,10 @@ class ModelConfig:
     freeze_backbone: bool = False
     seed: int = 0
 
-    def validate(self, folder=None) -> None:
-        from .models.backbones import backbone_spec
-        from .starts.registry import StartDescriptor
-
-        backbone_spec(self.backbone, folder)
-        StartDescriptor(self.residual)
+    def validate(self) -> None:
+        for name in ("backbone", "residual"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise UserError(f"--{name} must be a name such as efficientnet-lite0, gist or sscd")
         _at_least("head-hidden", self.head_hidden, 0)
         _at_least("dim", self.dim, 1)
         _finite("residual-scale", self.residual_scale)
@@ -217,6 +286,11 @@ class TrainConfig:
 
 
 # =========================================================================== data stages
+#: Edits never leave an image smaller than this on its short side (tiny crops break the text and
+#: meme edits); also the smallest --max-side.
+MIN_SIDE = 32
+
+
 @dataclass
 class AugmentConfig:
     """The training queries: `copies` AugLy-edited copies per image (README recipe table)."""
@@ -227,8 +301,6 @@ class AugmentConfig:
     jpeg_quality: int = 90
 
     def validate(self) -> None:
-        from .augment.recipe import MIN_SIDE
-
         _at_least("copies", self.copies, 1)
         _at_least("seed", self.seed, 0)
         _at_least("max-side", self.max_side, MIN_SIDE)
@@ -289,37 +361,15 @@ PHASE_NAMES = ("Q1", "K1", "Q2", "K2", "Q3", "K3", "Q4", "K4", "Q5", "K5")
 BASELINES = ("gist", "imagenet", "sscd", "inbatch")  # sscd: only where the SSCD wheel is installed
 PIPELINE_NORMALIZATIONS = ("nes", "whiten")
 
-#: The CPU-budget recipe (README, "Choosing the settings"): the paper's loss and schedule with
-#: tau 0.5 instead of 0.07 (GIST-PCA distances are ~0.2, where tau 0.07 makes the loss prefer
-#: shrinking everything over ranking) and the zero-initialised head shortcut at full scale,
-#: which learns ~3x faster from the GIST start; 5 fresh augmented copies per training image.
-CPU_RECIPE_MODEL = dict(residual_scale=1.0, head_shortcut=True)
-CPU_RECIPE_LOSS = dict(tau=0.5)
-CPU_RECIPE_COPIES = 5
-
-#: The SSCD recipe (README, "Choosing the settings"): SSCD frozen on both sides (both tables
-#: precomputed once, images resized to 288 x 288: faster and better than the shorter side at
-#: 288 on our benchmarks), linear heads on the SSCD-PCA256 residual with L2-normalised output,
-#: tau 2 (unit-vector distances: tau <= 0.5 over-fits the training edits), each phase training
-#: only its own head, 8 fresh augmented copies per training image, 4 phases of 10 image passes.
-SSCD_RECIPE_MODEL = dict(backbone="sscd@sq288", backbone_weights=None, residual="sscd@sq288", head_hidden=0,
-                         residual_scale=1.0, output_l2=True)
-SSCD_RECIPE_LOSS = dict(tau=2.0)
-SSCD_RECIPE_TRAIN = dict(train_other_head=False)
-SSCD_RECIPE_COPIES = 8
-SSCD_RECIPE_EPOCHS = 10.0
-SSCD_RECIPE_PHASES = ["Q1", "K1", "Q2", "K2"]
-
-
 @dataclass
 class PipelineConfig:
     """The whole schedule: gist-pca, augment, init-model, then Q1, K1, Q2... with baselines."""
 
     phases: list[str] = field(default_factory=lambda: ["Q1", "K1", "Q2", "K2", "Q3"])
-    epochs_per_phase: float = 2.0  # training queries per phase / number of training images
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(**CPU_RECIPE_MODEL))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(loss=LossConfig(**CPU_RECIPE_LOSS)))
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(copies=CPU_RECIPE_COPIES))
+    epochs_per_phase: float = 1.0  # image passes per phase (training queries seen / training images)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     pca: PCAFitConfig = field(default_factory=PCAFitConfig)
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     normalizations: list[str] = field(default_factory=lambda: ["nes"])
@@ -345,23 +395,16 @@ class PipelineConfig:
         self.augment.validate()
         self.pca.validate()
 
-    @classmethod
-    def recipe(cls, name: str) -> "PipelineConfig":
-        """A named, measured recipe (README "Choosing the settings"): `gist` (EfficientNet-Lite0
-        on the GIST residual, the paper's architecture on a CPU budget) or `sscd` (frozen SSCD
-        on both sides, heads on the SSCD-PCA256 residual); `auto` = sscd where it is installed."""
-        if name == "auto":
-            from .models.onnx_model import available
+    def phase_train(self, side: str, negatives: str = "table", passes: float | None = None) -> TrainConfig:
+        """The TrainConfig of one phase; `passes` (default `epochs_per_phase`) = training queries
+        seen / number of training images.
 
-            name = "sscd" if available("sscd") else "gist"
-        if name == "gist":
-            return cls()
-        if name == "sscd":
-            return cls(model=ModelConfig(**SSCD_RECIPE_MODEL), train=TrainConfig(loss=LossConfig(**SSCD_RECIPE_LOSS),
-                                                                                 **SSCD_RECIPE_TRAIN),
-                       augment=AugmentConfig(copies=SSCD_RECIPE_COPIES), epochs_per_phase=SSCD_RECIPE_EPOCHS,
-                       phases=list(SSCD_RECIPE_PHASES), baselines=["gist", "sscd", "inbatch"])
-        raise UserError(f"unknown recipe {name!r}; choose auto, gist or sscd")
+        train-q iterates over the augmented queries (`augment.copies` per image), train-k and the
+        in-batch model over the training images, so their epochs give the same image count.
+        """
+        passes = passes or self.epochs_per_phase
+        epochs = passes / self.augment.copies if (side == "q" and negatives == "table") else passes
+        return dataclasses.replace(self.train, side=side, negatives=negatives, epochs=epochs, workers=self.workers)
 
     def with_seed(self, seed: int) -> "PipelineConfig":
         """The same schedule with every stage seeded by `seed` (`--seed`)."""
@@ -379,5 +422,5 @@ class DemoDataConfig:
     n_references: int = 48  # 6 varied photos x 8 cells
     n_positive_queries: int = 240  # 5 edited copies per reference: >= 200 positives
     n_distractor_queries: int = 60  # 15 cells of 2 other photos, each edited 4 times
-    max_cells_per_photo: int = 40
+    max_cells_per_photo: int = 40  # keeps the two huge photos (retina, Hubble) from dominating
     seed: int = 0

@@ -63,6 +63,15 @@ def make_image_folder(folder: Path, n: int, prefix: str = "T", seed: int = 0, si
     return ids
 
 
+def gist960(paths) -> np.ndarray:
+    """The L2-normalised 960-d GIST of image files, as the stages compute it (the gist encoder)."""
+    from isc_qk.encoders import create
+    from isc_qk.formats.images import load_rgb
+
+    enc = create("gist")
+    return enc.encode([enc.decode(load_rgb(p)) for p in paths])
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     """Factory: image_folder(n, prefix) -> (folder, ids)."""

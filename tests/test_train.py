@@ -29,11 +29,17 @@ def world(tmp_path_factory):
     return w
 
 
+
+def _part(m, part: str):
+    """m.backbone("q"), m.head("k")... from "q_backbone", "k_head"..."""
+    side, kind = part.split("_")
+    return m.backbone(side) if kind == "backbone" else m.head(side)
+
 def _weights(model_dir):
     from isc_qk.models.qk_model import QKModel
 
     m = QKModel.load(model_dir)
-    return {part: [w.numpy() for w in getattr(m, part).weights] for part in ("q_backbone", "k_backbone", "q_head", "k_head")}
+    return {part: [w.numpy() for w in _part(m, part).weights] for part in ("q_backbone", "k_backbone", "q_head", "k_head")}
 
 
 def _changed(a, b) -> dict:
@@ -128,7 +134,7 @@ def test_changed_settings_or_mismatched_table_are_refused(world, tmp_path):
     from isc_qk.models.qk_model import QKModel
 
     other = QKModel.load(world.model)
-    w = other.k_backbone.weights[0]
+    w = other.backbone("k").weights[0]
     w.assign(w.numpy() * 1.01)
     other.save(tmp_path / "other")
     with pytest.raises(UserError, match="another K backbone"):

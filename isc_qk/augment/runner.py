@@ -29,7 +29,8 @@ from ..formats.images import BadImage, ImageFile, list_images, load_rgb
 from ..formats.manifest import append_manifest_rows, read_manifest, write_manifest
 from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
-from ..stages.shards import Shard
+from ..stages.merge import merge_shards
+from ..stages.shards import Shard, find_shards
 from ..ui import ticker
 from .apply import augment_image
 from .ops import Context
@@ -289,42 +290,26 @@ def _run_pool(tasks, workers: int, images_dir: Path, out_dir: Path, cfg: Augment
 
 # --------------------------------------------------------------------------- shard merge
 def merge_manifests(out_dir: str | os.PathLike) -> Path:
-    """Combine finished shard manifests into OUT_DIR/manifest.csv, identical to an unsharded run.
-
-    Refuses shards made with other settings or from another source folder than shard 0.
-    """
+    """Combine finished shard manifests into OUT_DIR/manifest.csv, identical to an unsharded run
+    (`stages.merge`: refuses shards made with other settings or from another source folder)."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise UserError(f"{out_dir}: output folder not found")
-    found: dict[int, set[int]] = {}
-    pat = re.compile(rf"^{MANIFEST_NAME}\.shard-(\d+)-of-(\d+)\.csv$")
-    for p in out_dir.iterdir():
-        m = pat.match(p.name)
-        if m:
-            found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
-    if not found:
-        raise UserError(f"{out_dir}: no shard manifests (manifest.shard-I-of-N.csv) to merge")
-    if len(found) > 1:
-        raise UserError(f"{out_dir}: shard manifests of different shard counts ({sorted(found)}); remove the stale ones")
-    (n, have), = found.items()
-    missing = sorted(set(range(n)) - have)
-    if missing:
-        raise UserError(f"{out_dir}: missing shard(s) {', '.join(f'{i}/{n}' for i in missing)}; run them first")
+    n = len(find_shards(manifest_path(out_dir)))
     shards = [artifact(out_dir, Shard(i, n)) for i in range(n)]
-    for i, a in enumerate(shards):
-        if not a.report_path.is_file():
-            raise UserError(f"{out_dir}: shard {i}/{n} has not finished; re-run it to complete it")
-    whole = artifact(out_dir, Shard(0, 1))
-    with whole.lock():
-        config, inputs = whole.merged_record(shards)
+
+    def join(parts: list[Path], target: Path) -> None:
         rows: dict[str, tuple[str, str, str]] = {}
-        for i in range(n):
-            for r in read_manifest(manifest_path(out_dir, Shard(i, n))):
+        for part in parts:
+            for r in read_manifest(part):
                 if r["query_id"] in rows:
                     raise UserError(f"{out_dir}: query {r['query_id']} appears in two shard manifests")
                 rows[r["query_id"]] = (r["query_id"], r["source_id"], r["ops"])
-        whole.write_merged_record(config, inputs, ignore=("augment.copies",))
-        path = manifest_path(out_dir)
-        write_manifest(path, [rows[q] for q in sorted(rows)])
-        whole.finish({"merged_shards": n, "rows": len(rows)})
-    return path
+        write_manifest(target, [rows[q] for q in sorted(rows)])
+
+    def report(reports: list[dict]) -> dict:
+        return {"rows": sum(len(read_manifest(manifest_path(out_dir, Shard(i, n)))) for i in range(n))}
+
+    merge_shards(artifact(out_dir, Shard(0, 1)), lambda shard, rec: [manifest_path(out_dir, shard)], join, report,
+                 shards=shards, ignore=("augment.copies",))
+    return manifest_path(out_dir)

@@ -50,7 +50,7 @@ def evaluate_uap(
     ] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the numbers as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the precision-recall curve PNG here.")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="faiss threads [default: faiss's own].")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="Threads of the search (its first-pass matmul and faiss) (default: all cores).")] = None,
     timings: Annotated[
         bool, typer.Option("--timings", help="Add the search's own wall/CPU seconds to the JSON (benchmarks).")
     ] = False,

@@ -91,3 +91,16 @@ def write_table_rows(npy: str | os.PathLike, sources: Sequence[tuple[np.ndarray,
         dst.flush()
         del dst
     return total
+
+
+def concat_tables(prefixes: Sequence[str | os.PathLike], target: str | os.PathLike) -> int:
+    """Concatenate finished tables (in order) into the table ``target`` (ids unique across them):
+    the ids first, the .npy last (its existence means finished). Returns the number of rows."""
+    parts = [open_feature_table(p) for p in prefixes]
+    ids = [i for part_ids, _ in parts for i in part_ids]
+    check_unique(ids, f"{strip_npy(target)} (merged shards)")
+    npy, ids_path = feature_table_paths(target)
+    write_ids(ids_path, ids)
+    rows = write_table_rows(npy, [(x, None) for _, x in parts])
+    del parts
+    return rows

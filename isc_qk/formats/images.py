@@ -100,11 +100,3 @@ def to_rgb8(im):
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return im.convert("RGB")
-
-
-def load_resized(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode and resize to size x size (bilinear), uint8 HxWx3: the CNN backbones' input."""
-    from PIL import Image
-
-    im = load_rgb(path)
-    return np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)

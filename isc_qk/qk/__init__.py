@@ -1,8 +1,9 @@
 """QK Iteration: the loss, the data, the stages.
 
 * `loss` - the QK loss (paper eq. 1-4, `pair_loss`) and exact chunked hard-negative mining;
-* `data` - what a stage iterates over: items, positives, data order; `inputs` - decoding
-  batches of images into model inputs; `start_cache` - residual-start vectors, once;
+* `data` - what a stage iterates over: items, positives, data order; `inputs` - a side's
+  model inputs for a batch of images; `forward` - a side applied to batches (head inputs,
+  descriptors); `start_cache` - residual-start vectors, once;
 * `precompute` - frozen-side feature tables; `describe` - per-set descriptors;
 * `train` - train-q / train-k / in-batch; `steps` - one step; `distribute` - tf.distribute.
 """

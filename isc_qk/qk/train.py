@@ -196,12 +196,12 @@ def _start_vectors(data: TrainData, model, out: Path, cfg: TrainConfig, progress
 
     own = "keys" if cfg.negatives == "batch" else {"q": "queries", "k": "keys"}[cfg.side]
     slug = model.start.slug
-    rows, ids, bad = start_vectors(data.items, model.start, model.pca, out / CACHE_DIR / f"{slug}256-{own}", cfg.workers,
+    rows, ids, bad = start_vectors(data.items, model.start, out / CACHE_DIR / f"{slug}256-{own}", cfg.workers,
                                    progress, own)
     data = data.filter(set(ids))
     partner_rows = None
     if data.partners is not None:
-        prow, pids, pbad = start_vectors(data.partners, model.start, model.pca, out / CACHE_DIR / f"{slug}256-queries",
+        prow, pids, pbad = start_vectors(data.partners, model.start, out / CACHE_DIR / f"{slug}256-queries",
                                          cfg.workers, progress, "queries")
         bad = bad + pbad
         data = data.keep_partners(set(pids))
@@ -247,7 +247,7 @@ def _check_table_model(data: TrainData, model, frozen: str) -> None:
     """The table must hold THIS model's frozen-side features, or training is silently wrong."""
     from .precompute import table_config
 
-    width = model.spec.feature_dim + model.cfg.dim
+    width = model.spec.dim + model.cfg.dim
     if data.table.shape[1] != width:
         raise UserError(f"{data.table_prefix}: table has {data.table.shape[1]} columns, this model needs {width}")
     tcfg = table_config(data.table_prefix)
@@ -280,7 +280,7 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
     import tensorflow as tf
 
     from .distribute import DistributedStepper, is_default
-    from .inputs import decode_pool, one_ahead
+    from ..stages.runner import decode_pool, one_ahead
     from .steps import Stepper, batch_loader, trainable_variables
 
     cfg, model, out = run.cfg, run.model, run.out
@@ -298,7 +298,7 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
     make = Stepper if is_default(run.strategy) else (lambda *a: DistributedStepper(run.strategy, *a))
     stepper = make(model, cfg, run.data, variables, optimizer)
     pool = decode_pool(cfg.workers)
-    inputs_of = batch_loader(cfg, run.data, run.arrays, model.spec.input_size, run.batch, pool)
+    inputs_of = batch_loader(cfg, run.data, run.arrays, model, run.batch, pool)
 
     def checkpoint(at: int) -> None:
         save_checkpoint(out / CKPT_DIR, at, model, optimizer, {"losses": losses[:at], "stats": stats_log[:at]})

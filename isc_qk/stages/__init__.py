@@ -1,7 +1,9 @@
 """The stage/artifact layer: bookkeeping every stage shares, in one place.
 
 * `artifact` - an output and its sidecars: the record (settings + input fingerprints), the
-  finished/resumable/other-settings check, the report, scratch clean-up, merging shards;
+  finished/resumable/other-settings check, the report, scratch clean-up;
+* `runner` - THE per-image stage runner: list, shard, decode with one error policy, rows;
+* `merge` - THE shard merge of every stage's `--shard I/N` outputs;
 * `guard` - outputs never overwrite, contain or lie inside inputs; outputs are writable;
 * `lock` - one writer per output;
 * `fingerprint` - what an input was, cheaply;

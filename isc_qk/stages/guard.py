@@ -9,7 +9,6 @@ data). Paths are resolved (symlinks followed) before they are compared.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import UserError
@@ -70,10 +69,6 @@ def check_writable(path: PathLike, name: str = "--out", folder: bool = False) ->
         raise UserError(f"{name} {p}: cannot create it, {parent} is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{name} {p}: the folder {parent} is not writable")
-
-
-def input_files(paths: Iterable[PathLike | None]) -> list[Path]:
-    return [Path(p) for p in paths if p is not None]
 
 
 def check_replaceable(path: PathLike | None, name: str, looks_like, kind: str) -> None:
