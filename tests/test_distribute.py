@@ -73,7 +73,6 @@ def world(tmp_path_factory):
 
     from isc_qk.models.qk_model import QKModel
     from isc_qk.qk.precompute import precompute
-    from isc_qk.configs import TrainConfig
     from isc_qk.qk.train import train
 
     tf.config.experimental.enable_op_determinism()

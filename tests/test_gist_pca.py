@@ -7,9 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from isc_qk.gist import descriptor as gist
 from isc_qk.formats.pca import PCAModel, config_path
 from isc_qk.vectors import fit_pca
 

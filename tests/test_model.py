@@ -215,3 +215,25 @@ def test_load_refuses_other_config_kinds(pca, tmp_path):
     write_json(out / "config.json", {"kind": "gist-pca", "config": {}})
     with pytest.raises(UserError, match="not a QK model config"):
         QKModel.load(Path(out))
+
+
+def test_init_model_is_a_stage_artifact_another_pca_is_refused(pca, tmp_path, run_cli):
+    """Same settings and PCA: a no-op; another PCA of the same dimension into the finished
+    folder: refused in one line, the folder untouched (it used to keep the old model silently)."""
+    from isc_qk.gist.descriptor import gist_descriptors
+    from isc_qk.vectors import fit_pca
+
+    pca.save(tmp_path / "a.npz")
+    fit_pca(gist_descriptors(_gist_images(40, seed=7)), dim=DIM).save(tmp_path / "b.npz")
+    args = ("init-model", "--backbone", "tiny", "--backbone-weights", "none", "--head-hidden", "16", "--out",
+            tmp_path / "m")
+    assert run_cli(*args, "--pca", tmp_path / "a.npz").code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()}
+    again = run_cli(*args, "--pca", tmp_path / "a.npz")
+    assert again.code == 0
+    other = run_cli(*args, "--pca", tmp_path / "b.npz")
+    assert other.code == 2 and other.err.count("\n") == 1 and "made from other inputs" in other.err, other.err
+    assert "Traceback" not in other.err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()} == before
+    changed = run_cli(*args[:-2], "--head-hidden", "0", "--out", tmp_path / "m", "--pca", tmp_path / "a.npz")
+    assert changed.code == 2 and "other settings" in changed.err

@@ -1,8 +1,9 @@
 """Command-line entry point: thin Typer commands that parse, call one function, print.
 
 Each area has its own module (`evaluate`, `augment`, `gist`, `train`, `pipeline`,
-`normalize`) that registers its commands on `app`; `common` holds what they share. `main` turns user errors into one line on
-stderr and a non-zero exit, never a traceback, and says how to resume after Ctrl-C.
+`normalize`) that registers its commands on the Typer `app` (`app`); `common` holds what they
+share. `main` turns user errors into one line on stderr and a non-zero exit, never a
+traceback, and says how to resume after Ctrl-C.
 """
 
 from __future__ import annotations

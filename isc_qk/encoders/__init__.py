@@ -4,8 +4,10 @@ GIST (`gist`), frozen ONNX embedders at a given resizing (`onnx`: SSCD, any ``on
 trainable or frozen Keras backbones (`keras`: EfficientNet-Lite, B3, ``tiny``, ``keras:PATH``).
 Each declares its name (one grammar: `names`), its spec (output width, trainable or not, input
 size), what it needs decoded (`decode`), `encode` and its fingerprint, and registers itself
-(`registry`); nothing outside this folder tests what kind an encoder is. A residual start is
-(frozen encoder, PCA) (`starts`); a QK side is (encoder, start, head) (`models`).
+(`registry`); nothing outside this folder tests what kind an encoder is. `nets/` holds the
+network definitions the Keras encoders build (EfficientNet-Lite, its torch-free weights reader).
+A residual start is (frozen encoder, PCA) (`starts`); a QK side is (encoder, start, head)
+(`models`).
 """
 
 from .base import Encoder, EncoderSpec

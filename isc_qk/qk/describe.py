@@ -28,7 +28,7 @@ from ..stages.rows import write_descriptor_rows
 from ..stages.runner import fill_from_images, select_images
 from ..stages.shards import Shard, shard_name
 from ..ui import ticker
-from .forward import SideJob, descriptors
+from .forward import SideJob, check_side_options, descriptors
 from .inputs import InputPlan, run_padded
 
 KIND = "qk-descriptors"
@@ -79,10 +79,7 @@ def describe(
     """
     from ..models.qk_model import QKModel
 
-    if side not in ("q", "k"):
-        raise UserError(f"--side must be q or k, not {side!r}")
-    if batch < 1:
-        raise UserError(f"--batch must be >= 1, got {batch}")
+    check_side_options(side, batch)
     out = Path(out_h5)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UserError(f"{out}: the output must be an .h5 file")

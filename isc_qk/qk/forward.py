@@ -16,6 +16,16 @@ import numpy as np
 from .inputs import Batch, InputPlan, prepare_batch, run_padded
 
 
+def check_side_options(side: str, batch: int) -> None:
+    """The options every per-image stage of a model side takes (`precompute`, `describe`)."""
+    from ..errors import UserError
+
+    if side not in ("q", "k"):
+        raise UserError(f"--side must be q or k, not {side!r}")
+    if batch < 1:
+        raise UserError(f"--batch must be >= 1, got {batch}")
+
+
 def head_inputs(model, side: str, batch_size: int) -> Callable[[Batch], np.ndarray]:
     """batch -> (n, feature_dim + dim) float32: concat(backbone features, start vectors)."""
     if model.frozen:

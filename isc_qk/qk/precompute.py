@@ -20,10 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from ..configs import from_dict
-from ..errors import UserError
 from ..formats.feature_table import concat_tables, feature_table_paths, open_feature_table
 from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
@@ -32,7 +30,7 @@ from ..stages.rows import write_table
 from ..stages.runner import fill_from_images, select_images
 from ..stages.shards import Shard, shard_name
 from ..ui import ticker
-from .forward import SideJob, head_inputs
+from .forward import SideJob, check_side_options, head_inputs
 from .inputs import InputPlan
 
 KIND = "qk-feature-table"
@@ -101,10 +99,7 @@ def precompute(
     """
     from ..models.qk_model import QKModel
 
-    if side not in ("q", "k"):
-        raise UserError(f"--side must be q or k, not {side!r}")
-    if batch < 1:
-        raise UserError(f"--batch must be >= 1, got {batch}")
+    check_side_options(side, batch)
     shard = Shard.parse(shard)
     t0 = time.perf_counter()
     images, files = select_images(images_dir, shard)

@@ -27,7 +27,6 @@ from ..configs import PCAFitConfig
 from ..encoders import Encoder, create
 from ..errors import UserError
 from ..formats.descriptors import Descriptors, read_descriptors, write_descriptors
-from ..formats.pca import PCAModel
 from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
 from ..stages.merge import merge_shards
