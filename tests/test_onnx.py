@@ -102,13 +102,13 @@ def test_embedder_follows_the_documented_contract(tmp_path, photos, nchw, float_
 def test_bad_onnx_inputs_are_one_line_errors(tmp_path):
     from onnx import TensorProto, helper
 
-    from isc_qk.encoders import create as backbone_spec
+    from isc_qk.encoders import create
 
     with pytest.raises(UserError, match="not found"):
-        backbone_spec(f"onnx:{tmp_path / 'missing.onnx'}")
+        create(f"onnx:{tmp_path / 'missing.onnx'}")
     (tmp_path / "junk.onnx").write_bytes(b"not an onnx model")
     with pytest.raises(UserError, match="cannot load it"):
-        backbone_spec(f"onnx:{tmp_path / 'junk.onnx'}")
+        create(f"onnx:{tmp_path / 'junk.onnx'}")
     two = helper.make_graph(
         [helper.make_node("Add", ["a", "b"], ["c"])], "two",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 3]), helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 3])],
@@ -117,7 +117,7 @@ def test_bad_onnx_inputs_are_one_line_errors(tmp_path):
     m.ir_version = 9
     onnx.save(m, str(tmp_path / "two.onnx"))
     with pytest.raises(UserError, match="ONE rank-4 image input"):
-        backbone_spec(f"onnx:{tmp_path / 'two.onnx'}")
+        create(f"onnx:{tmp_path / 'two.onnx'}")
 
 
 def test_sscd_without_the_wheel_says_how_to_install(monkeypatch):
