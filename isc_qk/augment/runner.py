@@ -25,11 +25,12 @@ from typing import Any
 from ..configs import AugmentConfig
 from ..errors import UserError
 from ..formats.ids import IMAGE_SUFFIXES
-from ..formats.images import BadImage, ImageFile, list_images, load_rgb
+from ..formats.images import ImageFile, list_images
 from ..formats.manifest import append_manifest_rows, read_manifest, write_manifest
 from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
 from ..stages.merge import merge_shards
+from ..stages.runner import decode_file
 from ..stages.shards import Shard, find_shards
 from ..ui import ticker
 from .apply import augment_image
@@ -121,10 +122,10 @@ def _work(source_id: str, path: str, copies: Sequence[int]) -> tuple[str, list[t
     ctx: Context = _WORKER["ctx"]
     cfg: AugmentConfig = _WORKER["cfg"]
     out_dir: Path = _WORKER["out_dir"]
-    try:
-        src = load_rgb(path)
-    except BadImage as e:
-        return source_id, [], f"unreadable: {e}"
+    decoded, why = decode_file(path, [lambda image: image])  # the one decode error policy
+    if why is not None:
+        return source_id, [], f"unreadable: {why}"
+    src = decoded[0]
     rows = []
     for c in copies:
         qid = query_id(source_id, c)
