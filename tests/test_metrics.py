@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from conftest import evaluate_predictions
 from isc_qk.errors import UserError
 from isc_qk.evaluation.metrics import (
     average_precision,
-    metrics_from_arrays,
     match_ranks,
     precision_recall,
     recall_at_precision,
@@ -88,16 +88,6 @@ def test_ranks_ties_count_against():
     s = np.array([0.9, 0.7, 0.7, 0.5, 0.2])
     ranks = match_ranks(q, s, np.array([1, 3, -1]))
     assert ranks[0] == 2 and ranks[1] == 0 and math.isinf(ranks[2])
-
-
-def evaluate_predictions(pred_query, pred_ref, scores, gt_pairs):
-    """Hand-made string predictions -> `metrics_from_arrays`, the function `evaluate` runs."""
-    where = {(q, r): i for i, (q, r) in enumerate(zip(pred_query, pred_ref))}
-    match_index = np.array([where.get(p, -1) for p in gt_pairs], dtype=np.int64)
-    is_pos = np.zeros(len(scores), dtype=bool)
-    is_pos[match_index[match_index >= 0]] = True
-    q_codes = np.unique(np.asarray(pred_query, dtype=object), return_inverse=True)[1]
-    return metrics_from_arrays(q_codes, np.asarray(scores, np.float64), is_pos, match_index, len(gt_pairs))
 
 
 def test_evaluate_predictions_hand_case_with_missing_query_and_two_references():
