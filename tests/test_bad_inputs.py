@@ -200,7 +200,7 @@ CASES = [
     ("not a normaliser", ["normalize", "--norm", "gist", "--in", "q.h5", "--out", "n.h5"], "normalize-fit"),
     ("not a model", ["train-q", "--model", "gist", "--keys", "k0", "--queries", "aug", "--out", "m9"], "model folder"),
     ("merge without shards", ["precompute", "--merge", "--out", "k0"], "no shard outputs"),
-    ("augment-merge without shards", ["augment-merge", "aug"], "no shard manifests"),
+    ("augment-merge without shards", ["augment-merge", "aug"], "no shard outputs"),
     ("unknown backbone", ["init-model", "--pca", "gist", "--backbone", "resnet9000", "--out", "m9"], "unknown backbone"),
     ("missing onnx model", ["descriptor-pca", "--descriptor", "onnx:nope.onnx", "--train", "train", "--out", "o2"], "not found"),
     ("unknown recipe", ["pipeline", "--data", "disc", "--work", "w3", "--recipe", "magic"], "recipe"),

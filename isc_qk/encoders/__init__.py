@@ -1,7 +1,8 @@
 """Encoders: every image -> vector producer, behind one small interface (`base.Encoder`).
 
 GIST (`gist`), frozen ONNX embedders at a given resizing (`onnx`: SSCD, any ``onnx:PATH``),
-trainable or frozen Keras backbones (`keras`: EfficientNet-Lite, B3, ``tiny``, ``keras:PATH``).
+trainable or frozen Keras backbones (`keras`: EfficientNet-Lite, B3, ``tiny``, ``keras:PATH``),
+`sscd_flip` (SSCD of an image and its mirror, averaged).
 Each declares its name (one grammar: `names`), its spec (output width, trainable or not, input
 size), what it needs decoded (`decode`), `encode` and its fingerprint, and registers itself
 (`registry`); nothing outside this folder tests what kind an encoder is. `nets/` holds the
