@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import UserError
 from .atomic import atomic_path
-from .hdf5 import open_h5, read_ids, read_vectors
+from .hdf5 import check_rows, open_h5, read_ids, read_vectors
 from .ids import ascii_ids, check_unique
 
 
@@ -63,10 +63,7 @@ def read_descriptors(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> 
         with open_h5(p) as f:
             x = read_vectors(f, "vectors", p)
             ids = read_ids(f, "image_names", p)
-        if x.ndim != 2:
-            raise UserError(f"{p}: 'vectors' must be 2-D (n x d), got shape {x.shape}")
-        if len(ids) != len(x):
-            raise UserError(f"{p}: {len(ids)} image_names for {len(x)} vectors")
+        check_rows(x, ids, "vectors", "image_names", p)
         if dim is not None and x.shape[1] != dim:
             raise UserError(f"{p}: dimension {x.shape[1]} differs from {dim} in the other files")
         dim = x.shape[1]

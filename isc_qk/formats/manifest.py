@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .atomic import atomic_path
+from .ids import id_problem
 
 MANIFEST_FIELDS = ("query_id", "source_id", "ops")
 
@@ -57,4 +58,12 @@ def manifest_sources(path: str | os.PathLike) -> dict[str, str]:
     rows = read_manifest(path)
     if not rows:
         raise UserError(f"{path}: the augmentation manifest has no rows")
-    return {r["query_id"]: r["source_id"] for r in rows}
+    sources: dict[str, str] = {}
+    for n, r in enumerate(rows, start=2):
+        q, s = r["query_id"], r["source_id"]
+        why = id_problem(q) or id_problem(s)
+        if why:
+            raise UserError(f"{path}: row {n}: {q!r},{s!r} cannot be image ids ({why})")
+        if sources.setdefault(q, s) != s:
+            raise UserError(f"{path}: query {q} is listed with two sources ({sources[q]} and {s})")
+    return sources

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import UserError
 from .atomic import atomic_path
 from .descriptors import Descriptors, check_vectors
-from .hdf5 import open_h5, read_ids, read_vectors
+from .hdf5 import check_rows, open_h5, read_ids, read_vectors
 from .ids import ascii_ids, check_unique
 
 MAX_SUBMISSION_DIM = 256
@@ -53,7 +53,11 @@ def write_submission(path: str | os.PathLike, query: Descriptors, reference: Des
 def read_submission(path: str | os.PathLike) -> Submission:
     p = Path(path)
     with open_h5(p) as f:
-        q = Descriptors(read_ids(f, "query_ids", p), read_vectors(f, "query", p))
-        r = Descriptors(read_ids(f, "reference_ids", p), read_vectors(f, "reference", p))
+        parts = []
+        for vec, ids_name in (("query", "query_ids"), ("reference", "reference_ids")):
+            x, ids = read_vectors(f, vec, p), read_ids(f, ids_name, p)
+            check_rows(x, ids, vec, ids_name, p)
+            parts.append(Descriptors(ids, x))
+    q, r = parts
     validate_submission(q, r)
     return Submission(q, r)
