@@ -27,8 +27,8 @@ from ..errors import UserError
 from ..formats.ids import IMAGE_SUFFIXES
 from ..formats.images import BadImage, ImageFile, list_images, load_rgb
 from ..formats.manifest import append_manifest_rows, read_manifest, write_manifest
-from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
+from ..stages.resources import check_workers
 from ..stages.shards import Shard
 from ..ui import ticker
 from .apply import augment_image
@@ -196,8 +196,7 @@ def augment_folder(
     """
     cfg = cfg or AugmentConfig()
     cfg.validate()
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
+    check_workers(workers)
     shard = Shard.parse(shard)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     t0 = time.perf_counter()
@@ -205,11 +204,14 @@ def augment_folder(
     mine = shard.select(images)
     art = artifact(out_dir, shard)
     record = AugmentRecord(cfg, recipe_fingerprint(), str(shard))
-    inputs = [Input("images", images_dir, fingerprint.of_image_list(images))]
+    inputs = [Input.of_images("images", images_dir, images)]
+    wanted = {query_id(f.id, c): f.id for f in mine for c in range(cfg.copies)}
+    manifest = manifest_path(out_dir, shard)
+    writes = [manifest, *(out_dir / f"{q}.jpg" for q in wanted)]
     # More (or fewer) copies extend the same experiment: copy c's edit does not depend on K.
-    with art.open(record, inputs, ignore=("augment.copies",), skip_done=False):
-        wanted = {query_id(f.id, c): f.id for f in mine for c in range(cfg.copies)}
-        manifest = manifest_path(out_dir, shard)
+    # Written queries (each JPEG with its manifest row) are kept when a run fails: it resumes.
+    with art.open(record, inputs, ignore=("augment.copies",), skip_done=False, writes=writes,
+                  resumable=manifest.exists):
         trusted = _trusted_rows(manifest, out_dir, wanted)
         if manifest.exists():
             write_manifest(manifest, list(trusted.values()))
@@ -315,7 +317,8 @@ def merge_manifests(out_dir: str | os.PathLike) -> Path:
         if not a.report_path.is_file():
             raise UserError(f"{out_dir}: shard {i}/{n} has not finished; re-run it to complete it")
     whole = artifact(out_dir, Shard(0, 1))
-    with whole.lock():
+    path = manifest_path(out_dir)
+    with whole.merging(writes=[path]):
         config, inputs = whole.merged_record(shards)
         rows: dict[str, tuple[str, str, str]] = {}
         for i in range(n):
@@ -323,8 +326,12 @@ def merge_manifests(out_dir: str | os.PathLike) -> Path:
                 if r["query_id"] in rows:
                     raise UserError(f"{out_dir}: query {r['query_id']} appears in two shard manifests")
                 rows[r["query_id"]] = (r["query_id"], r["source_id"], r["ops"])
+        if path.exists():  # an earlier run's manifest: merging must not drop what it lists
+            lost = sorted(r["query_id"] for r in read_manifest(path) if r["query_id"] not in rows)
+            if lost:
+                raise UserError(f"{path}: lists {len(lost)} queries no shard made (e.g. {lost[0]}, from an earlier "
+                                "run into this folder); merging would drop them: merge the shards in a new folder")
         whole.write_merged_record(config, inputs, ignore=("augment.copies",))
-        path = manifest_path(out_dir)
         write_manifest(path, [rows[q] for q in sorted(rows)])
         whole.finish({"merged_shards": n, "rows": len(rows)})
     return path

@@ -33,7 +33,7 @@ from .. import __version__
 from ..configs import ModelConfig, from_dict, to_dict
 from ..errors import UserError
 from ..formats.atomic import atomic_path, read_json, save_keras_weights, write_json
-from ..formats.pca import PCAModel
+from ..formats.pca import PCAModel, config_path
 from ..stages import fingerprint
 from ..starts.registry import StartDescriptor
 from .backbones import KERAS_FILE, BackboneSpec, backbone_spec, build_backbone, keras_file
@@ -95,9 +95,12 @@ class QKModel:
         meta = read_json(d / CONFIG_FILE)
         if meta.get("kind") != CONFIG_KIND:
             raise UserError(f"{d / CONFIG_FILE}: not a QK model config (kind {meta.get('kind')!r})")
-        cfg = from_dict(ModelConfig, meta.get("config", {}))
-        spec = backbone_spec(cfg.backbone, d)
-        cfg.validate(d)
+        cfg = from_dict(ModelConfig, meta.get("config"), str(d / CONFIG_FILE))
+        try:
+            spec = backbone_spec(cfg.backbone, d)
+            cfg.validate(d)
+        except UserError as e:
+            raise UserError(f"{d / CONFIG_FILE}: {e}") from None
         missing = [p.name for p in model_files(d, cfg, spec) if not p.is_file()]
         if missing:
             raise UserError(f"{d}: not a complete model folder (missing {', '.join(missing)})")
@@ -121,9 +124,20 @@ class QKModel:
         return cls(cfg, spec, pca, **models)
 
     def save(self, model_dir: str | os.PathLike) -> None:
-        """Write the model folder, each file atomically (temp name + os.replace)."""
+        """Write the model folder, each file atomically (temp name + os.replace); if the save fails
+        (a full disk...), the files it had created are removed again: no half model is left."""
         d = Path(model_dir)
         d.mkdir(parents=True, exist_ok=True)
+        files = model_files(d, self.cfg, self.spec) + [config_path(d / pca_file_name(self.cfg.residual))]
+        new = [p for p in files if not p.exists()]
+        try:
+            self._save_files(d)
+        except BaseException:
+            for p in new:
+                p.unlink(missing_ok=True)
+            raise
+
+    def _save_files(self, d: Path) -> None:
         if self.cfg.backbone.startswith("keras:") and not (d / KERAS_FILE).is_file():
             with atomic_path(d / KERAS_FILE) as tmp:  # the architecture travels with the weights
                 shutil.copyfile(keras_file(self.cfg.backbone), tmp)
@@ -206,7 +220,7 @@ def model_files(model_dir: str | os.PathLike, cfg: ModelConfig | None = None, sp
     if cfg is None:
         if not (d / CONFIG_FILE).is_file():
             raise UserError(f"{d}: not a complete model folder (missing {CONFIG_FILE})")
-        cfg = from_dict(ModelConfig, read_json(d / CONFIG_FILE).get("config", {}))
+        cfg = from_dict(ModelConfig, read_json(d / CONFIG_FILE).get("config"), str(d / CONFIG_FILE))
     frozen = spec.frozen if spec is not None else _frozen_name(cfg.backbone)
     files = [d / CONFIG_FILE, d / pca_file_name(cfg.residual), *weights_files(d, frozen).values()]
     return files + ([d / KERAS_FILE] if cfg.backbone.startswith("keras:") else [])

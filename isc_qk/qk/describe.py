@@ -22,8 +22,8 @@ import numpy as np
 from ..errors import UserError
 from ..formats.descriptors import read_descriptors, write_descriptors
 from ..formats.images import list_images
-from ..stages import fingerprint
-from ..stages.artifact import Artifact, Input
+from ..stages.artifact import Artifact, Input, total_images
+from ..stages.resources import check_workers, pixels_per_batch
 from ..stages.rows import fill_rows, write_descriptor_rows
 from ..stages.shards import Shard
 from ..ui import ticker
@@ -91,10 +91,12 @@ def describe(
     files = shard.select(images)
     if not files:
         raise UserError(f"{images_dir}: shard {shard} has no images")
+    check_workers(workers)
     art = descriptors_artifact(out).sharded(shard)
     model = QKModel.load(model_dir)
+    pixels_per_batch(batch, model.spec.input_size)
     cfg = DescribeConfig(side, len(files), str(shard), model.side_fingerprint(side), model.cfg.dim)
-    inputs = [Input("--images", Path(images_dir), fingerprint.of_image_list(images))]
+    inputs = [Input.of_images("--images", images_dir, images)]
     with art.open(cfg, inputs, check={"--model": model_dir}) as state:
         if state.done:
             d = read_descriptors(art.path)
@@ -146,8 +148,8 @@ def merge_descriptors(out_h5: str | os.PathLike) -> DescribeReport:
     art = descriptors_artifact(out_h5)
     shards = art.shards()
     config, inputs = art.merged_record(shards)
-    config["n_images"] = sum(int(s.record()["config"]["n_images"]) for s in shards)
-    with art.lock():
+    config["n_images"] = total_images(shards)
+    with art.merging():
         d = read_descriptors([s.path for s in shards])
         art.write_merged_record(config, inputs)
         write_descriptors(art.path, d)

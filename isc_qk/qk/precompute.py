@@ -27,8 +27,8 @@ from ..errors import UserError
 from ..formats.ids import check_unique
 from ..formats.feature_table import feature_table_paths, open_feature_table, write_ids, write_table_rows
 from ..formats.images import list_images
-from ..stages import fingerprint
-from ..stages.artifact import Artifact, Input
+from ..stages.artifact import Artifact, Input, total_images
+from ..stages.resources import check_workers, pixels_per_batch
 from ..stages.rows import fill_rows, write_table
 from ..stages.shards import Shard
 from ..ui import ticker
@@ -74,8 +74,9 @@ def table_artifact(prefix: str | os.PathLike) -> Artifact:
 
 def table_config(prefix: str | os.PathLike) -> PrecomputeConfig | None:
     """The settings saved next to a table, or None if it has none (made by another tool)."""
-    rec = table_artifact(prefix).record()
-    return from_dict(PrecomputeConfig, rec["config"]) if rec and rec.get("kind") == KIND else None
+    art = table_artifact(prefix)
+    rec = art.record()
+    return from_dict(PrecomputeConfig, rec["config"], str(art.record_path)) if rec and rec.get("kind") == KIND else None
 
 
 def frozen_table(model, side: str, images: Path, cache: Path) -> Path:
@@ -111,8 +112,10 @@ def precompute(
     files = shard.select(images)
     if not files:
         raise UserError(f"{images_dir}: shard {shard} has no images")
+    check_workers(workers)
     art = table_artifact(out_prefix).sharded(shard)
     model = QKModel.load(model_dir)
+    pixels_per_batch(batch, model.spec.input_size)
     cfg = PrecomputeConfig(
         side=side,
         n_images=len(files),
@@ -124,9 +127,9 @@ def precompute(
         model_fingerprint=model.backbone_fingerprint(side),
         images_dir=str(Path(images_dir).resolve()),
     )
-    inputs = [Input("--images", Path(images_dir), fingerprint.of_image_list(images))]
+    inputs = [Input.of_images("--images", images_dir, images)]
     npy, ids_txt = feature_table_paths(art.path)
-    with art.open(cfg, inputs, check={"--model": model_dir, "--out (ids)": ids_txt}, ignore=("images_dir",)) as state:
+    with art.open(cfg, inputs, check={"--model": model_dir}, ignore=("images_dir",), writes=[ids_txt]) as state:
         if state.done:
             ids, x = open_feature_table(art.path)
             return PrecomputeReport(str(art.path), len(ids), x.shape[1], state.report.get("bad", []), 0,
@@ -158,12 +161,12 @@ def merge_precomputed(out_prefix: str | os.PathLike) -> PrecomputeReport:
     art = table_artifact(out_prefix)
     shards = art.shards(marker=".npy")
     config, inputs = art.merged_record(shards)
-    config["n_images"] = sum(int(s.record()["config"]["n_images"]) for s in shards)
-    with art.lock():
+    config["n_images"] = total_images(shards)
+    npy, ids_path = feature_table_paths(art.path)
+    with art.merging(writes=[ids_path]):
         parts = [open_feature_table(s.path) for s in shards]
         ids = [i for part_ids, _ in parts for i in part_ids]
         check_unique(ids, f"{art.path} (merged shards)")
-        npy, ids_path = feature_table_paths(art.path)
         art.write_merged_record(config, inputs)
         write_ids(ids_path, ids)
         rows = write_table_rows(npy, [(x, None) for _, x in parts])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..formats.feature_table import open_feature_table
+from ..formats.feature_table import feature_table_paths, open_feature_table
 from ..formats.images import ImageFile
 from ..formats.pca import PCAModel
 from ..stages import fingerprint
@@ -35,13 +35,15 @@ def start_vectors(files: Sequence[ImageFile], start: StartDescriptor, pca: PCAMo
     """Start vectors of `files` as float32 (rows, ids of the readable files, 'path: reason' of the others)."""
     art = Artifact(prefix, KIND, layout="prefix", stage="cache")
     record = {"dim": pca.dim, "start": start.fingerprint(), "pca": fingerprint.of_arrays(pca.fingerprint_arrays())}
-    inputs = [Input("images", Path(files[0].path).parent if files else prefix, fingerprint.of_image_list(files))]
+    inputs = [Input.of_images("images", Path(files[0].path).parent if files else prefix, files)]
     try:
-        art.check_record(record, inputs)
-    except UserError:  # a stale cache of other images or another PCA: start it over
+        status = art.check_record(record, inputs)
+    except UserError:  # a stale cache of other images or another PCA
+        status = "other"
+    if status != "same":  # this cache folder is the training run's own: start it over
         for p in prefix.parent.glob(prefix.name + ".*"):
             p.unlink() if p.is_file() else shutil.rmtree(p, ignore_errors=True)
-    with art.open(record, inputs) as state:
+    with art.open(record, inputs, writes=[feature_table_paths(prefix)[1]]) as state:
         if not state.done:
             plan = InputPlan(start=start, pca=pca)
             with ChunkReader(files, plan, CHUNK, workers) as reader, ticker(progress, len(files), f"start vectors of {what}") as tick:

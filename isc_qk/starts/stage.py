@@ -27,9 +27,10 @@ from ..errors import UserError
 from ..formats.descriptors import Descriptors, read_descriptors, write_descriptors
 from ..formats.ids import image_id
 from ..formats.images import list_images
-from ..formats.pca import PCAModel
+from ..formats.pca import PCAModel, config_path
 from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
+from ..stages.resources import check_workers
 from ..stages.rows import fill_rows, read_good_rows
 from ..stages.shards import Shard, shard_name
 from ..ui import progress_bar, ticker, warn_skipped
@@ -89,12 +90,14 @@ def fit_start_pca(descriptor: str, train_dir: str | os.PathLike, out_dir: str | 
     """Fit `descriptor`'s PCA on a seeded sample of training images; skip if already fitted alike."""
     cfg = cfg or PCAFitConfig()
     cfg.validate()
+    check_workers(workers)
     desc = StartDescriptor(descriptor)
     files = list_images(train_dir)
     art = Artifact(out_dir, FIT_KIND, layout="folder", stage="gist_pca" if desc.is_gist else "descriptor_pca")
-    inputs = [Input("--train", Path(train_dir), fingerprint.of_image_list(files))]
+    inputs = [Input.of_images("--train", train_dir, files)]
     record = cfg if desc.is_gist else {"descriptor": descriptor, "model": desc.fingerprint(), **dataclasses.asdict(cfg)}
-    with art.open(record, inputs) as state:
+    written = [pca_path(out_dir), config_path(pca_path(out_dir))]
+    with art.open(record, inputs, writes=written) as state:
         if state.done and pca_path(out_dir).is_file():
             return pca_path(out_dir)
         rng = np.random.default_rng(cfg.seed)
@@ -138,6 +141,7 @@ def describe_start_set(
 ) -> SetReport:
     """Write the start descriptor (PCA-256) and the raw vectors of every image of a folder."""
     shard = Shard.parse(shard)
+    check_workers(workers)
     pca_file = resolve_pca_file(pca)
     model, desc = load_pca(pca_file)
     out_h5 = Path(out_h5)
@@ -150,9 +154,9 @@ def describe_start_set(
     if not files:
         raise UserError(f"{images_dir}: shard {shard} has no images")
     inputs = [Input("--pca", pca_file, fingerprint.of_file(pca_file)),
-              Input("--images", Path(images_dir), fingerprint.of_image_list(images))]
+              Input.of_images("--images", images_dir, images)]
     record = SetRecord(dim=model.dim, shard=str(shard), n_images=len(files))
-    with art.open(record, inputs, check={"--out (raw)": out_raw}) as state:
+    with art.open(record, inputs, writes=[out_raw]) as state:
         if state.done and out_raw.is_file():
             return SetReport(int(state.report.get("n_described", 0)), state.report.get("failures", []),
                              art.path, out_raw, skipped=True)
@@ -184,7 +188,7 @@ def merge_start_shards(out_h5: str | os.PathLike) -> tuple[Path, Path]:
     config, inputs = art.merged_record(shards)
     _, desc = load_pca(inputs["--pca"]["path"])
     out_raw = raw_path(out_h5, desc)
-    with art.lock():
+    with art.merging(writes=[out_raw]):
         for target, parts in ((out_raw, [_shard_raw(s.path, desc) for s in shards]), (art.path, [s.path for s in shards])):
             write_descriptors(target, read_descriptors(parts))
         art.write_merged_record(config, inputs)
