@@ -43,6 +43,7 @@ def save_keras_weights(model, path: str | os.PathLike) -> None:
     temporary file (same folder, then `os.replace`) keeps that suffix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_room(path, sum(int(np.prod(w.shape)) * 4 for w in model.weights))
     tmp = path.with_name(f".{path.name.removesuffix('.weights.h5')}.{os.getpid()}.tmp.weights.h5")
     try:
         model.save_weights(str(tmp))
@@ -54,6 +55,7 @@ def save_keras_weights(model, path: str | os.PathLike) -> None:
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """`np.savez` atomically (the name is kept exactly; numpy would append .npz to a bare name)."""
+    ensure_room(path, sum(np.asarray(a).nbytes for a in arrays.values()))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
 
@@ -84,6 +86,30 @@ def read_json(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(obj).__name__ if obj is not None else 'null'}")
     return obj
+
+
+ROOM_MARGIN = 64 << 10  # what a container format adds to its payload (HDF5 metadata, zip directory)
+
+
+def ensure_room(path: str | os.PathLike, nbytes: int) -> None:
+    """OSError (ENOSPC, EFBIG, EDQUOT...) now if ~`nbytes` (plus `ROOM_MARGIN`) cannot be written
+    at `path`: a probe file beside it gets those blocks reserved (`reserve_space`), then goes.
+
+    Why: libraries that write through their own buffers (HDF5 via h5py, and Keras through it)
+    do not fail cleanly when a write fails: h5py leaves objects behind that crash the
+    interpreter (SIGSEGV) when they are collected. So a file written by such a library is
+    written only where its size is known to fit (a full disk, a quota, a file-size limit);
+    files written in parts reserve their blocks themselves (`reserve_space`, `formats.npy`).
+    Another process filling the disk between the probe and the write is not covered."""
+    path = Path(path)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".room.tmp", dir=folder)
+    try:
+        reserve_space(fd, int(nbytes) + ROOM_MARGIN, path)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 def reserve_space(fd: int, size: int, path: str | os.PathLike) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .atomic import atomic_path
+from .atomic import atomic_path, ensure_room
 from .hdf5 import check_rows, open_h5, read_ids, read_vectors
 from .ids import ascii_ids, check_unique
 
@@ -85,6 +85,7 @@ def write_descriptors(path: str | os.PathLike, desc: Descriptors) -> None:
     check_vectors(desc.vectors, str(path))
     check_unique(desc.ids, str(path))
     names = ascii_ids(desc.ids, str(path))
+    ensure_room(path, desc.vectors.shape[0] * (desc.vectors.shape[1] * 4 + 32))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("vectors", data=np.asarray(desc.vectors, dtype=np.float32))

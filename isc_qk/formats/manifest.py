@@ -42,6 +42,10 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: augmentation manifest not found (run `isc-qk augment` first)")
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if (",".join(MANIFEST_FIELDS) + "\n").encode().startswith(head):  # empty, or its header cut short (full disk)
+        return []
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)

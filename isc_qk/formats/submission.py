@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .atomic import atomic_path
+from .atomic import atomic_path, ensure_room
 from .descriptors import Descriptors, check_vectors
 from .hdf5 import check_rows, open_h5, read_ids, read_vectors
 from .ids import ascii_ids, check_unique
@@ -42,6 +42,7 @@ def write_submission(path: str | os.PathLike, query: Descriptors, reference: Des
 
     validate_submission(query, reference)
     q, r = query.sorted(), reference.sorted()
+    ensure_room(path, sum(d.vectors.shape[0] * (d.vectors.shape[1] * 4 + 32) for d in (q, r)))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("query", data=q.vectors.astype(np.float32))

@@ -32,7 +32,7 @@ import numpy as np
 from .. import __version__
 from ..configs import ModelConfig, from_dict, to_dict
 from ..errors import UserError
-from ..formats.atomic import atomic_path, read_json, save_keras_weights, write_json
+from ..formats.atomic import ROOM_MARGIN, atomic_path, ensure_room, read_json, save_keras_weights, write_json
 from ..formats.pca import PCAModel, config_path
 from ..stages import fingerprint
 from ..starts.registry import StartDescriptor
@@ -130,6 +130,9 @@ class QKModel:
         d.mkdir(parents=True, exist_ok=True)
         files = model_files(d, self.cfg, self.spec) + [config_path(d / pca_file_name(self.cfg.residual))]
         new = [p for p in files if not p.exists()]
+        weights = [w for part in (self.q_backbone, self.k_backbone, self.q_head, self.k_head)
+                   for w in getattr(part, "weights", [])]
+        ensure_room(d / CONFIG_FILE, sum(int(np.prod(w.shape)) * 4 for w in weights) + 4 * ROOM_MARGIN)
         try:
             self._save_files(d)
         except BaseException:

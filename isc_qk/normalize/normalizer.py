@@ -190,8 +190,6 @@ class Normalizer:
         cfg = from_dict(NormConfig, meta.get("config"), str(cfg_path))
         cfg.validate()
         arrays = load_normalizer_arrays(folder)
-        if "input_dim" not in arrays or (cfg.method == "nes" and "negatives" not in arrays):
-            raise UserError(f"{folder}: incomplete normaliser file")
         why = _arrays_problem(arrays, cfg)
         if why:
             raise UserError(f"{folder / 'norm.npz'}: does not hold a {cfg.method} normaliser as {cfg_path.name} says "
@@ -214,6 +212,8 @@ def _arrays_problem(a: dict[str, np.ndarray], cfg: NormConfig) -> str | None:
     method = a.get("method")
     if method is not None and (method.ndim != 0 or str(method) != cfg.method):
         return f"its arrays are a {method} normaliser's"
+    if "input_dim" not in a or (cfg.method == "nes" and "negatives" not in a):
+        return "incomplete: input_dim or the nes negatives are missing"
     d, n = scalar_int("input_dim"), scalar_int("n_train")
     if d is None or d < 1 or n is None or n < 0:
         return "input_dim / n_train are not counts"

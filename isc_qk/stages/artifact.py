@@ -310,7 +310,8 @@ class Artifact:
                 self.discard_scratch()
             before = set(existing(declared))
             self.report_path.unlink(missing_ok=True)
-            self.write_record(config, inputs)
+            if not same:  # a resumed run keeps the record that began it (its ignored settings too)
+                self.write_record(config, inputs)
             try:
                 yield State(done=False, resumed=same)
             except KeyboardInterrupt:
@@ -332,7 +333,6 @@ class Artifact:
             if old is None:
                 self._refuse_existing(declared)
             before = set(existing(declared))
-            self.report_path.unlink(missing_ok=True)
             try:
                 yield
             except KeyboardInterrupt:
@@ -356,9 +356,9 @@ class Artifact:
     def _refuse_existing(self, declared: list[Path]) -> None:
         found = existing(declared)
         if found:
-            more = f" (and {len(found) - 1} more of its files)" if len(found) > 1 else ""
-            raise UserError(f"{found[0]}{more}: exists but was not made by this {self.stage} stage (no matching "
-                            "record beside it); choose another output or delete it")
+            more = f", nor {len(found) - 1} more of the files it would write" if len(found) > 1 else ""
+            raise UserError(f"{found[0]}: exists but was not made by this {self.stage} stage (no matching record "
+                            f"beside it{more}); choose another output or delete it")
 
     def _remove_stale_temps(self, declared: list[Path]) -> None:
         """Temporary files (`formats.atomic`) of our own outputs left by a killed run of this stage
@@ -442,13 +442,15 @@ class Artifact:
         return config, first.get("inputs", {})
 
     def write_merged_record(self, config: dict, inputs: dict, ignore: tuple[str, ...] = ()) -> None:
-        """The record of a merged output; refused if the output exists with another record."""
+        """The record of a merged output; refused if the output exists with another record. Call it
+        before writing the merged files: from here on the output no longer counts as finished."""
         old = self.record()
         if old is not None:
             changes = diff(old.get("config", {}), config, ignore=("n_images", *ignore))
             if changes:
                 raise UserError(f"{self.path}: existing {self.kind} was made with other settings "
                                 f"({'; '.join(changes[:4])}); use another output or delete it")
+        self.report_path.unlink(missing_ok=True)
         write_json(self.record_path, {"kind": self.kind, "stage": self.stage, "isc_qk_version": __version__,
                                       "config": config, "inputs": inputs})
 

@@ -112,8 +112,8 @@ def check_folder_kinds(folder: PathLike, kinds: Iterable[str], name: str = "--ou
     kinds = set(kinds)
     for path, kind in folder_records(folder):
         if kind not in kinds:
-            raise UserError(f"{name} {folder} holds a {kind} ({path.name}); a folder is the output of one kind of "
-                            "stage: choose another folder")
+            raise UserError(f"{name} {folder} is the output of another kind of stage ({kind}, {path.name}); a folder "
+                            "holds one kind of output: choose another folder")
 
 
 def input_files(paths: Iterable[PathLike | None]) -> list[Path]:

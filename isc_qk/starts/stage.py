@@ -189,9 +189,9 @@ def merge_start_shards(out_h5: str | os.PathLike) -> tuple[Path, Path]:
     _, desc = load_pca(inputs["--pca"]["path"])
     out_raw = raw_path(out_h5, desc)
     with art.merging(writes=[out_raw]):
+        art.write_merged_record(config, inputs)
         for target, parts in ((out_raw, [_shard_raw(s.path, desc) for s in shards]), (art.path, [s.path for s in shards])):
             write_descriptors(target, read_descriptors(parts))
-        art.write_merged_record(config, inputs)
         reports = [s.report() for s in shards]
         art.finish({"n_described": sum(r.get("n_described", 0) for r in reports),
                     "failures": [f for r in reports for f in r.get("failures", [])], "merged_shards": len(shards)})
