@@ -190,6 +190,8 @@ def world(tmp_path_factory):
     _h5(root / "qnl.h5", [i.encode() for i in q.ids[:-1]] + [b"Q\nX"], q.vectors)
     _h5(root / "qsp.h5", [i.encode() for i in q.ids[:-1]] + [b" Q5"], q.vectors)
     _h5(root / "qT.h5", [i.encode() for i in q.ids], np.ascontiguousarray(q.vectors.T))
+    unit = q.vectors[:, :6] / np.linalg.norm(q.vectors[:, :6], axis=1, keepdims=True)
+    _h5(root / "qT6.h5", [i.encode() for i in q.ids], np.ascontiguousarray(unit.T))  # 6 x 6: the shape cannot tell
     from isc_qk.normalize.files import normalize_file
 
     normalize_file(root / "norm", root / "q.h5", root / "normed.h5")
@@ -201,6 +203,10 @@ def world(tmp_path_factory):
     for sub, src in (("train", "train"), ("references", "refs"), ("queries", "queries")):
         shutil.copytree(root / src, root / "disc" / sub)
     shutil.copy(root / "gt.csv", root / "disc" / "ground_truth.csv")
+    (root / "wdemo" / "data" / "train").mkdir(parents=True)
+    shutil.copy(root / "train" / "T000000.jpg", root / "wdemo" / "data" / "train" / "T000000.jpg")
+    (root / "wpipe").mkdir()
+    (root / "wpipe" / "results.md").write_text("# my notes\n")
     return root
 
 
@@ -285,6 +291,9 @@ CASES = [
     ("normalize over a gist set", ["normalize", "--norm", "norm", "--in", "q.h5", "--out", "gist/refs.h5"],
      "holds a frozen descriptors"),
     ("pipeline into a model", ["pipeline", "--data", "disc", "--work", "mt"], "another kind of stage (qk-"),
+    ("demo over a user's image", ["demo", "--quick", "--work", "wdemo"], "T000000.jpg: exists but was not made"),
+    ("pipeline over a user's results.md", ["pipeline", "--data", "disc", "--work", "wpipe", "--recipe", "gist"],
+     "results.md: exists but was not made"),
     # 3. absurd numbers, damaged files the tool reads back
     ("negative seed, gist-pca", ["gist-pca", "--train", "train", "--out", "g9", "--seed", "-1"], "--seed"),
     ("negative seed, train-q", ["train-q", "--model", "m0", *T1, "--out", "m9", "--seed", "-1"], "--seed"),
@@ -367,6 +376,8 @@ CASES = [
                                    "r.h5"], "space"),
     ("vectors stored transposed", ["evaluate-uap", "--ground-truth", "gt.csv", "--query", "qT.h5", "--reference",
                                    "r.h5"], "transposed"),
+    ("square vectors stored transposed", ["evaluate-uap", "--ground-truth", "gt.csv", "--query", "qT6.h5",
+                                          "--reference", "r.h5"], "transposed"),
     ("a query with two sources", ["train-q", "--model", "m0", "--keys", "k0", "--queries", "aug2src",
                                   *T1[4:], "--out", "m9"], "two sources"),
     # 6. other
@@ -375,6 +386,8 @@ CASES = [
     ("more shards than images", ["describe", "--model", "m0", "--side", "k", "--images", "refs", "--out", "d9.h5",
                                  "--shard", "3/7"], "7 shards for only 6 images"),
     ("more augment shards than images", ["augment", "refs", "--out", "a9", "--shard", "0/9"], "9 shards"),
+    ("a hundred thousand threads", ["evaluate-uap", "--ground-truth", "gt.csv", "--query", "q.h5", "--reference", "r.h5",
+                                    "--threads", "100000"], "--threads"),
     ("a million and one shards", ["gist-pca", "--pca", "gist", "--images", "refs", "--out", "g9.h5", "--shard",
                                   "0/1000001"], "1,000,000"),
 ]

@@ -45,11 +45,20 @@ def read_vectors(f, name: str, path: Path) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _unit_columns_not_rows(x: np.ndarray) -> bool:
+    """A square matrix whose COLUMNS are unit vectors and whose rows are not: L2-normalised
+    descriptors stored d x n (the one case where the shape alone cannot tell)."""
+    cols = np.linalg.norm(x.astype(np.float64), axis=0)
+    rows = np.linalg.norm(x.astype(np.float64), axis=1)
+    unit = lambda v: bool(np.all(np.abs(v - 1) < 1e-3))  # noqa: E731
+    return unit(cols) and not unit(rows)
+
+
 def check_rows(x: np.ndarray, ids: list[str], name: str, ids_name: str, path: Path) -> None:
     """One id per row; vectors stored d x n (transposed) are named as such."""
-    if len(ids) == x.shape[0]:
+    if len(ids) == x.shape[0] and not (x.shape[0] == x.shape[1] and _unit_columns_not_rows(x)):
         return
-    if len(ids) == x.shape[1]:
+    if len(ids) == x.shape[1] and (len(ids) != x.shape[0] or _unit_columns_not_rows(x)):
         raise UserError(f"{path}: {name!r} has shape {x.shape}: it looks transposed (d x n); "
                         f"store one row per id of {ids_name!r} ({len(ids)} x d)")
     label = "ids" if ids_name.endswith("_ids") else ids_name

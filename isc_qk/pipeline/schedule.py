@@ -40,7 +40,7 @@ from ..formats import Descriptors, read_descriptors, read_ground_truth, write_de
 from ..formats.images import list_images
 from ..formats.results import ResultRow, Results
 from ..stages import fingerprint
-from ..stages.artifact import Artifact, Input
+from ..stages.artifact import Artifact, Input, holds_stage_outputs
 from ..ui import console
 from ..vectors import fit_pca, l2_normalize
 from .report import curve_of, write_all
@@ -299,7 +299,7 @@ class Pipeline:
         written = [self.work / f"results.{ext}" for ext in ("json", "md", "png")]
         # resumable once a stage has made its folder: each keeps its finished work (a re-run resumes there)
         with self.artifact.open(self.cfg, inputs, ignore=("baselines", "normalizations", "workers"), skip_done=False,
-                                resumable=lambda: any(p.is_dir() for p in self.work.iterdir()), writes=written):
+                                resumable=lambda: holds_stage_outputs(self.work), writes=written):
             self.results = Results(self.work / "results.json")
             self._schedule()
             self.artifact.finish({"rows": len(self.results.rows)})

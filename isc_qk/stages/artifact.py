@@ -455,6 +455,20 @@ class Artifact:
                                       "config": config, "inputs": inputs})
 
 
+def holds_stage_outputs(folder: Path, depth: int = 3) -> bool:
+    """Whether a folder's SUBfolders (up to `depth` levels) hold a stage's record: work that a
+    composite stage (pipeline, demo) keeps when it fails, so that a re-run resumes there."""
+    folder = Path(folder)
+    base = len(folder.parts)
+    for root, dirs, files in os.walk(folder):
+        level = len(Path(root).parts) - base
+        if level >= depth:
+            dirs[:] = []
+        if level >= 1 and any(f == "config.json" or f.endswith(("_config.json", ".config.json")) for f in files):
+            return True
+    return False
+
+
 def total_images(shards: list[Artifact]) -> int:
     """The images of a set of shards, from their records (``n_images``)."""
     total = 0

@@ -115,17 +115,6 @@ def _resume_point(partial: Path, progress_json: Path, n_rows: int, dim: int, dty
     return done, bad
 
 
-def rows_kept(art: Artifact) -> int:
-    """Rows an interrupted or failed run left resumable in `art`'s scratch (0: none)."""
-    try:
-        state = read_json(art.progress)
-        found = npy.layout(art.partial)
-        done = int(state.get("rows_done", 0))
-    except (UserError, OSError, TypeError, ValueError):
-        return 0
-    return done if found is not None and done > 0 else 0
-
-
 def no_rows_error(filled: Filled, what: str) -> UserError:
     first = next(iter(filled.bad.values()), "")
     return UserError(f"{what}: no image could be read (e.g. {first})")
