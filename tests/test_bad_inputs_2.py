@@ -428,6 +428,10 @@ def test_two_spellings_of_one_output_share_one_lock(world, tmp_path):
                   "--out", tmp_path / "t.npy", "--no-progress")
     assert res.returncode == 2 and "being written by another process" in res.stderr, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with table_artifact(tmp_path / "t").lock():  # another stage writing the same file t.npy
+        res = isc("normalize", "--norm", world / "norm", "--in", world / "q.h5", "--out", tmp_path / "t.npy")
+    assert res.returncode == 2 and "being written by another process" in res.stderr, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_thin_and_foreign_format_images_are_left_out_with_a_warning(world, tmp_path):

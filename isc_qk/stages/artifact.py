@@ -177,9 +177,12 @@ class Artifact:
 
     @property
     def lock_path(self) -> Path:
+        """Named after the file written, so stages that name it differently share the lock: a
+        table ``--out t`` and a descriptor file ``--out t.npy`` both lock ``.t.npy.lock``."""
         if self.layout == "folder":
             return self.path / f".{self.stage}.lock"
-        return self.path.with_name(f".{self.path.name}.lock")
+        name = self.path.name + (".npy" if self.layout == "prefix" else "")
+        return self.path.with_name(f".{name}.lock")
 
     def sharded(self, shard: Shard) -> "Artifact":
         """The artifact of one `--shard I/N` slice (``SET.shard-I-of-N.h5`` ...)."""
@@ -450,6 +453,10 @@ class Artifact:
             if changes:
                 raise UserError(f"{self.path}: existing {self.kind} was made with other settings "
                                 f"({'; '.join(changes[:4])}); use another output or delete it")
+            fingerprints = lambda rec: {k: v.get("fingerprint") for k, v in rec.items()}  # noqa: E731
+            if fingerprints(old.get("inputs", {})) != fingerprints(inputs):
+                raise UserError(f"{self.path}: existing {self.kind} was made from other inputs than these shards; "
+                                "use another output or delete it")
         self.report_path.unlink(missing_ok=True)
         write_json(self.record_path, {"kind": self.kind, "stage": self.stage, "isc_qk_version": __version__,
                                       "config": config, "inputs": inputs})
