@@ -47,7 +47,10 @@ def read_vectors(f, name: str, path: Path) -> np.ndarray:
 
 def _unit_columns_not_rows(x: np.ndarray) -> bool:
     """A square matrix whose COLUMNS are unit vectors and whose rows are not: L2-normalised
-    descriptors stored d x n (the one case where the shape alone cannot tell)."""
+    descriptors stored d x n (the one case where the shape alone cannot tell). Not judged below
+    4 x 4, where a few hand-made vectors can look like that by design."""
+    if x.shape[0] < 4:
+        return False
     cols = np.linalg.norm(x.astype(np.float64), axis=0)
     rows = np.linalg.norm(x.astype(np.float64), axis=1)
     unit = lambda v: bool(np.all(np.abs(v - 1) < 1e-3))  # noqa: E731
