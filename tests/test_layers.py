@@ -17,9 +17,10 @@ PACKAGE = Path(isc_qk.__file__).parent
 #: The bottom layers and the only parts of the package they may import.
 BOTTOM = {
     "errors": set(),
-    "formats": {"errors"},
-    "configs": {"errors", "formats"},
-    "stages": {"errors", "formats", "configs", "__init__"},
+    "ui": set(),  # warnings and progress bars (rich only)
+    "formats": {"errors", "ui"},
+    "configs": {"errors", "formats", "ui"},
+    "stages": {"errors", "ui", "formats", "configs", "__init__"},
 }
 
 

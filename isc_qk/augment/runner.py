@@ -27,9 +27,9 @@ from ..errors import UserError
 from ..formats.ids import IMAGE_SUFFIXES
 from ..formats.images import ImageFile, list_images
 from ..formats.manifest import append_manifest_rows, read_manifest, write_manifest
-from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
 from ..stages.merge import merge_shards
+from ..stages.resources import check_workers
 from ..stages.runner import decode_file
 from ..stages.shards import Shard, find_shards
 from ..ui import ticker
@@ -198,8 +198,7 @@ def augment_folder(
     """
     cfg = cfg or AugmentConfig()
     cfg.validate()
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
+    check_workers(workers)
     shard = Shard.parse(shard)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     t0 = time.perf_counter()
@@ -207,11 +206,14 @@ def augment_folder(
     mine = shard.select(images)
     art = artifact(out_dir, shard)
     record = AugmentRecord(cfg, recipe_fingerprint(), str(shard))
-    inputs = [Input("images", images_dir, fingerprint.of_image_list(images))]
+    inputs = [Input.of_images("images", images_dir, images)]
+    wanted = {query_id(f.id, c): f.id for f in mine for c in range(cfg.copies)}
+    manifest = manifest_path(out_dir, shard)
+    writes = [manifest, *(out_dir / f"{q}.jpg" for q in wanted)]
     # More (or fewer) copies extend the same experiment: copy c's edit does not depend on K.
-    with art.open(record, inputs, ignore=("augment.copies",), skip_done=False):
-        wanted = {query_id(f.id, c): f.id for f in mine for c in range(cfg.copies)}
-        manifest = manifest_path(out_dir, shard)
+    # Written queries (each JPEG with its manifest row) are kept when a run fails: it resumes.
+    with art.open(record, inputs, ignore=("augment.copies",), skip_done=False, writes=writes,
+                  resumable=manifest.exists):
         trusted = _trusted_rows(manifest, out_dir, wanted)
         if manifest.exists():
             write_manifest(manifest, list(trusted.values()))
@@ -299,13 +301,27 @@ def merge_manifests(out_dir: str | os.PathLike) -> Path:
     n = len(find_shards(manifest_path(out_dir)))
     shards = [artifact(out_dir, Shard(i, n)) for i in range(n)]
 
-    def join(parts: list[Path], target: Path) -> None:
+    def rows_of(parts: list[Path]) -> dict[str, tuple[str, str, str]]:
         rows: dict[str, tuple[str, str, str]] = {}
         for part in parts:
             for r in read_manifest(part):
                 if r["query_id"] in rows:
                     raise UserError(f"{out_dir}: query {r['query_id']} appears in two shard manifests")
                 rows[r["query_id"]] = (r["query_id"], r["source_id"], r["ops"])
+        return rows
+
+    target = manifest_path(out_dir)
+    if target.exists() and artifact(out_dir, Shard(0, 1)).record() is not None:
+        # an earlier run's manifest: merging must not drop what it lists (checked before any
+        # write; a manifest without the stage's record is refused by the merge itself)
+        made = rows_of([manifest_path(out_dir, Shard(i, n)) for i in range(n)])
+        lost = sorted(r["query_id"] for r in read_manifest(target) if r["query_id"] not in made)
+        if lost:
+            raise UserError(f"{target}: lists {len(lost)} queries no shard made (e.g. {lost[0]}, from an earlier "
+                            "run into this folder); merging would drop them: merge the shards in a new folder")
+
+    def join(parts: list[Path], target: Path) -> None:
+        rows = rows_of(parts)
         write_manifest(target, [rows[q] for q in sorted(rows)])
 
     def report(reports: list[dict]) -> dict:

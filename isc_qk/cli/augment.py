@@ -71,8 +71,11 @@ def _print_report(report) -> None:
         console.print(f"[yellow]failed:[/] {reason}", highlight=False, soft_wrap=True)
     if len(report.failed) > MAX_FAILED_SHOWN:
         console.print(f"... and {len(report.failed) - MAX_FAILED_SHOWN} more (see augment*_report.json)")
-    if report.ignored:
-        shown = ", ".join(report.ignored[:5]) + (" ..." if len(report.ignored) > 5 else "")
+    from ..formats.ids import OTHER_IMAGE_SUFFIXES
+
+    ignored = [n for n in report.ignored if Path(n).suffix.lower() not in OTHER_IMAGE_SUFFIXES]  # those: warned
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
         console.print(f"[yellow]ignored (no image suffix):[/] {shown}", highlight=False, soft_wrap=True)
 
 

@@ -82,7 +82,13 @@ def evaluate_uap(
     for w in res.warnings:
         warn(w)
     out.print(result_table(res))
-    if json_path is not None:
-        write_json(json_path, to_json(res, timings=timings))
-    if plot is not None:
-        plot_pr(res, plot)
+    new = [p for p in (json_path, plot) if p is not None and not p.exists()]
+    try:  # both outputs or neither: a failed plot (a full disk) takes this run's JSON with it
+        if json_path is not None:
+            write_json(json_path, to_json(res, timings=timings))
+        if plot is not None:
+            plot_pr(res, plot)
+    except BaseException:
+        for p in new:
+            p.unlink(missing_ok=True)
+        raise

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .atomic import atomic_path
+from .ids import id_problem
 
 MANIFEST_FIELDS = ("query_id", "source_id", "ops")
 
@@ -41,6 +42,10 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: augmentation manifest not found (run `isc-qk augment` first)")
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if (",".join(MANIFEST_FIELDS) + "\n").encode().startswith(head):  # empty, or its header cut short (full disk)
+        return []
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
@@ -57,4 +62,12 @@ def manifest_sources(path: str | os.PathLike) -> dict[str, str]:
     rows = read_manifest(path)
     if not rows:
         raise UserError(f"{path}: the augmentation manifest has no rows")
-    return {r["query_id"]: r["source_id"] for r in rows}
+    sources: dict[str, str] = {}
+    for n, r in enumerate(rows, start=2):
+        q, s = r["query_id"], r["source_id"]
+        why = id_problem(q) or id_problem(s)
+        if why:
+            raise UserError(f"{path}: row {n}: {q!r},{s!r} cannot be image ids ({why})")
+        if sources.setdefault(q, s) != s:
+            raise UserError(f"{path}: query {q} is listed with two sources ({sources[q]} and {s})")
+    return sources

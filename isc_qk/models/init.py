@@ -16,7 +16,8 @@ from ..errors import UserError
 from ..formats.pca import PCAModel, config_path, npz_path
 from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
-from .qk_model import CONFIG_FILE, QKModel, check_model_config
+from ..starts.start import pca_file_name
+from .qk_model import QKModel, check_model_config, model_files
 
 KIND = "qk-model"
 
@@ -30,10 +31,10 @@ def init_model(pca_path: str | os.PathLike, cfg: ModelConfig, out_dir: str | os.
         raise UserError(f"{pca_path}: the PCA has {pca.dim} dimensions, the model needs {cfg.dim}")
     files = [pca_path] + ([config_path(pca_path)] if config_path(pca_path).is_file() else [])
     art = Artifact(out, KIND, layout="folder", stage="init_model")
-    if (out / CONFIG_FILE).is_file() and art.record() is None:
-        raise UserError(f"{out}: holds a model that `init-model` did not make (no {art.record_path.name}); "
-                        "choose another --out")
-    with art.open(cfg, [Input("--pca", pca_path, fingerprint.of_files(files))]) as state:
+    # every file of the model folder is declared: without this stage's record, one that exists
+    # is not ours and the run is refused (a model or a user's file already there)
+    writes = model_files(out, cfg) + [config_path(out / pca_file_name(cfg.residual))]
+    with art.open(cfg, [Input("--pca", pca_path, fingerprint.of_files(files))], writes=writes) as state:
         if not state.done:
             QKModel.create(cfg, pca).save(out)
             art.finish({"model": str(out)})

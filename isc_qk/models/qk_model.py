@@ -37,9 +37,10 @@ from ..configs import ModelConfig, from_dict, to_dict
 from ..encoders import Encoder, create, is_trainable, parse
 from ..encoders.registry import encoder_class
 from ..errors import UserError
-from ..formats.atomic import read_json, save_keras_weights, write_json
-from ..formats.pca import PCAModel
+from ..formats.atomic import ROOM_MARGIN, ensure_room, read_json, save_keras_weights, write_json
+from ..formats.pca import PCAModel, config_path
 from ..stages import fingerprint
+from ..stages.resources import check_memory
 from ..starts.start import Start, pca_file_name
 from .heads import build_head
 
@@ -96,6 +97,9 @@ class QKModel:
         sides = []
         for i, s in enumerate(SIDES):
             enc = create(cfg.backbone, trainable=not cfg.freeze_backbone, weights=cfg.backbone_weights)
+            if i == 0:
+                check_memory(cfg.head_bytes(enc.spec.dim), f"--head-hidden {cfg.head_hidden} (two heads, with "
+                             "gradients and Adam's slots)", "use a smaller --head-hidden")
             sides.append(QKSide(s, enc, start, build_head(enc.spec.dim, cfg, seed=cfg.seed + i)))
         return cls(cfg, *sides)
 
@@ -106,7 +110,10 @@ class QKModel:
         if not d.is_dir():
             raise UserError(f"{d}: model folder not found")
         cfg = read_config(d)
-        check_model_config(cfg)
+        try:
+            check_model_config(cfg)
+        except UserError as e:
+            raise UserError(f"{d / CONFIG_FILE}: {e}") from None
         missing = [p.name for p in model_files(d, cfg) if not p.is_file()]
         if missing:
             raise UserError(f"{d}: not a complete model folder (missing {', '.join(missing)})")
@@ -133,9 +140,22 @@ class QKModel:
         return model
 
     def save(self, model_dir: str | os.PathLike) -> None:
-        """Write the model folder, each file atomically (temp name + os.replace)."""
+        """Write the model folder, each file atomically (temp name + os.replace); if the save fails
+        (a full disk...), the files it had created are removed again: no half model is left."""
         d = Path(model_dir)
         d.mkdir(parents=True, exist_ok=True)
+        files = model_files(d, self.cfg) + [config_path(d / pca_file_name(self.cfg.residual))]
+        new = [p for p in files if not p.exists()]
+        weights = [w for s in SIDES for part in (self.backbone(s), self.head(s)) if part is not None for w in part.weights]
+        ensure_room(d / CONFIG_FILE, sum(int(np.prod(w.shape)) * 4 for w in weights) + 4 * ROOM_MARGIN)
+        try:
+            self._save_files(d)
+        except BaseException:  # a failed save removes what it wrote
+            for p in new:
+                p.unlink(missing_ok=True)
+            raise
+
+    def _save_files(self, d: Path) -> None:
         self.q.encoder.install(d)
         for key, path in weights_files(d, self.q.encoder.model is not None).items():
             side, part = key.split("_")
@@ -225,7 +245,7 @@ def read_config(model_dir: str | os.PathLike) -> ModelConfig:
     meta = read_json(d / CONFIG_FILE)
     if meta.get("kind") != CONFIG_KIND:
         raise UserError(f"{d / CONFIG_FILE}: not a QK model config (kind {meta.get('kind')!r})")
-    return from_dict(ModelConfig, meta.get("config", {}))
+    return from_dict(ModelConfig, meta.get("config"), str(d / CONFIG_FILE))
 
 
 def model_files(model_dir: str | os.PathLike, cfg: ModelConfig | None = None) -> list[Path]:

@@ -130,7 +130,7 @@ def build_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig = DemoDat
     reference is queried ``n_positive_queries / n_references`` times with different edits (the
     bundled photos are few, so positives come from several edited copies per reference).
     """
-    from ..augment.runner import augment_folder
+    from ..stages.artifact import Artifact
 
     out = Path(out_dir)
     if (out / "ground_truth.csv").is_file() and (out / "dataset.json").is_file():
@@ -139,9 +139,26 @@ def build_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig = DemoDat
     named = _source_photos()
     names, photos = [n for n, _ in named], [p for _, p in named]
     ref_cells, dis_cells, train_cells = _split_by_photo(_cells(photos, cfg.max_cells_per_photo), names, cfg, rng)
+    n_train = cfg.n_train or len(train_cells)
+    n_queries = cfg.n_positive_queries + cfg.n_distractor_queries
+    writes = ([out / "train" / f"T{i:06d}.jpg" for i in range(n_train)]
+              + [out / "references" / f"R{i:06d}.jpg" for i in range(len(ref_cells))]
+              + [out / "queries" / f"Q{i:05d}.jpg" for i in range(n_queries)]
+              + [out / "ground_truth.csv", out / "dataset.json"])
+    art = Artifact(out, "demo dataset", layout="folder", stage="demo_data")
+    with art.open(cfg, writes=writes) as state:
+        if not state.done:
+            _write_demo_dataset(out, cfg, rng, photos, ref_cells, dis_cells, train_cells, n_train)
+            art.finish({"train": n_train, "references": len(ref_cells), "queries": n_queries})
+    return out
+
+
+def _write_demo_dataset(out: Path, cfg: DemoDataConfig, rng: np.random.Generator, photos, ref_cells, dis_cells,
+                        train_cells, n_train: int) -> None:
+    from ..augment.runner import augment_folder
+
     for sub in ("train", "references", "queries"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    n_train = cfg.n_train or len(train_cells)
     for i in range(n_train):  # train cells are re-used with other sub-crops only when asked for more
         cell = train_cells[i % len(train_cells)]
         _save(_crop(photos[cell[0]], cell, rng), out / "train" / f"T{i:06d}.jpg")
@@ -171,7 +188,6 @@ def build_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig = DemoDat
             os.replace(edited / f"{qid}_a0.jpg", out / "queries" / f"{qid}.jpg")
     write_ground_truth(out / "ground_truth.csv", gt)
     write_json(out / "dataset.json", {"kind": "isc-qk demo dataset", "config": cfg.__dict__})
-    return out
 
 
 def demo_settings(quick: bool = False) -> tuple[DemoDataConfig, dict[str, PipelineConfig]]:
@@ -203,12 +219,20 @@ def run_demo(work: str | os.PathLike, data: str | os.PathLike | None = None, qui
     from .report import write_all
     from .schedule import run_pipeline
 
+    from ..stages.artifact import Artifact, holds_stage_outputs
+
     data_cfg, pipes = demo_settings(quick)
     work = Path(work)
-    data_dir = Path(data) if data is not None else build_demo_dataset(work / "data", data_cfg)
-    joined = Results(work / "results.json")
-    for name, cfg in pipes.items():
-        for row in run_pipeline(data_dir, work / name, cfg, progress=progress).rows:
-            joined.add(row)
-    write_all(work, joined, f"The demo on `{data_dir}`: {', '.join(pipes)} (see each folder's results.md).")
+    art = Artifact(work, "demo", layout="folder", stage="demo")
+    record = {"quick": quick, "data": None if data is None else str(Path(data).resolve())}
+    # resumable once a part has its folder: each keeps its finished work (a re-run resumes there)
+    with art.open(record, skip_done=False, writes=[work / f"results.{ext}" for ext in ("json", "md", "png")],
+                  resumable=lambda: holds_stage_outputs(work)):
+        data_dir = Path(data) if data is not None else build_demo_dataset(work / "data", data_cfg)
+        joined = Results(work / "results.json")
+        for name, cfg in pipes.items():
+            for row in run_pipeline(data_dir, work / name, cfg, progress=progress).rows:
+                joined.add(row)
+        write_all(work, joined, f"The demo on `{data_dir}`: {', '.join(pipes)} (see each folder's results.md).")
+        art.finish({"rows": len(joined.rows)})
     return joined

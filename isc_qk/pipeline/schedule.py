@@ -45,7 +45,7 @@ from ..formats import Descriptors, read_descriptors, read_ground_truth, write_de
 from ..formats.images import list_images
 from ..formats.results import ResultRow, Results
 from ..stages import fingerprint
-from ..stages.artifact import Artifact, Input
+from ..stages.artifact import Artifact, Input, holds_stage_outputs
 from ..ui import console
 from ..vectors import fit_pca, l2_normalize
 from .report import curve_of, write_all
@@ -77,8 +77,10 @@ class Data:
     queries = property(lambda self: self.root / "queries")
     gt_path = property(lambda self: self.root / "ground_truth.csv")
 
-    def fingerprint(self) -> str:
-        parts = [fingerprint.of_image_list(list_images(self.root / s)) for s in self.SETS]
+    def fingerprint(self, v1: bool = False) -> str:
+        """The three image folders and the ground truth (`v1`: as versions before the content sample)."""
+        of = fingerprint.of_image_list_v1 if v1 else fingerprint.of_image_list
+        parts = [of(list_images(self.root / s)) for s in self.SETS]
         return fingerprint.of_bytes(*parts, fingerprint.of_file(self.gt_path))
 
 
@@ -91,7 +93,7 @@ class Pipeline:
         self.data, self.work, self.cfg, self.progress = Data(Path(data)), Path(work), cfg, progress
         self.artifact = Artifact(self.work, "pipeline", layout="folder", stage="pipeline")
         self.gt = read_ground_truth(self.data.gt_path)
-        self.results = Results(self.work / "results.json")
+        self.results: Results | None = None  # read once the work folder is known to be this pipeline's
 
     # ------------------------------------------------------------------ helpers
     def _say(self, msg: str) -> None:
@@ -268,8 +270,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the schedule
     def run(self) -> Results:
-        inputs = [Input("--data", self.data.root, self.data.fingerprint())]
-        with self.artifact.open(self.cfg, inputs, ignore=("baselines", "normalizations", "workers"), skip_done=False):
+        inputs = [Input("--data", self.data.root, self.data.fingerprint(), self.data.fingerprint(v1=True))]
+        written = [self.work / f"results.{ext}" for ext in ("json", "md", "png")]
+        # resumable once a stage has made its folder: each keeps its finished work (a re-run resumes there)
+        with self.artifact.open(self.cfg, inputs, ignore=("baselines", "normalizations", "workers"), skip_done=False,
+                                resumable=lambda: holds_stage_outputs(self.work), writes=written):
+            self.results = Results(self.work / "results.json")
             self._schedule()
             self.artifact.finish({"rows": len(self.results.rows)})
         return self.results

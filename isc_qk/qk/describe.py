@@ -21,9 +21,9 @@ import numpy as np
 
 from ..errors import UserError
 from ..formats.descriptors import read_descriptors, write_descriptors
-from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
 from ..stages.merge import merge_shards
+from ..stages.resources import check_workers, pixels_per_batch
 from ..stages.rows import write_descriptor_rows
 from ..stages.runner import fill_from_images, select_images
 from ..stages.shards import Shard, shard_name
@@ -86,10 +86,12 @@ def describe(
     shard = Shard.parse(shard)
     t0 = time.perf_counter()
     images, files = select_images(images_dir, shard)
+    check_workers(workers)
     art = descriptors_artifact(out).sharded(shard)
     model = QKModel.load(model_dir)
+    pixels_per_batch(batch, model.spec.input_size or 0)
     cfg = DescribeConfig(side, len(files), str(shard), model.side_fingerprint(side), model.cfg.dim)
-    inputs = [Input("--images", Path(images_dir), fingerprint.of_image_list(images))]
+    inputs = [Input.of_images("--images", images_dir, images)]
     with art.open(cfg, inputs, check={"--model": model_dir}) as state:
         if state.done:
             d = read_descriptors(art.path)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from ..configs import from_dict
 from ..formats.feature_table import concat_tables, feature_table_paths, open_feature_table
-from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
 from ..stages.merge import merge_shards
+from ..stages.resources import check_workers, pixels_per_batch
 from ..stages.rows import write_table
 from ..stages.runner import fill_from_images, select_images
 from ..stages.shards import Shard, shard_name
@@ -72,8 +72,9 @@ def table_artifact(prefix: str | os.PathLike) -> Artifact:
 
 def table_config(prefix: str | os.PathLike) -> PrecomputeConfig | None:
     """The settings saved next to a table, or None if it has none (made by another tool)."""
-    rec = table_artifact(prefix).record()
-    return from_dict(PrecomputeConfig, rec["config"]) if rec and rec.get("kind") == KIND else None
+    art = table_artifact(prefix)
+    rec = art.record()
+    return from_dict(PrecomputeConfig, rec["config"], str(art.record_path)) if rec and rec.get("kind") == KIND else None
 
 
 def frozen_table(model, side: str, images: Path, cache: Path) -> Path:
@@ -103,8 +104,10 @@ def precompute(
     shard = Shard.parse(shard)
     t0 = time.perf_counter()
     images, files = select_images(images_dir, shard)
+    check_workers(workers)
     art = table_artifact(out_prefix).sharded(shard)
     model = QKModel.load(model_dir)
+    pixels_per_batch(batch, model.spec.input_size or 0)
     cfg = PrecomputeConfig(
         side=side,
         n_images=len(files),
@@ -116,9 +119,9 @@ def precompute(
         model_fingerprint=model.backbone_fingerprint(side),
         images_dir=str(Path(images_dir).resolve()),
     )
-    inputs = [Input("--images", Path(images_dir), fingerprint.of_image_list(images))]
+    inputs = [Input.of_images("--images", images_dir, images)]
     npy, ids_txt = feature_table_paths(art.path)
-    with art.open(cfg, inputs, check={"--model": model_dir, "--out (ids)": ids_txt}, ignore=("images_dir",)) as state:
+    with art.open(cfg, inputs, check={"--model": model_dir}, ignore=("images_dir",), writes=[ids_txt]) as state:
         if state.done:
             ids, x = open_feature_table(art.path)
             return PrecomputeReport(str(art.path), len(ids), x.shape[1], state.report.get("bad", []), 0,
@@ -147,7 +150,7 @@ def merge_precomputed(out_prefix: str | os.PathLike) -> PrecomputeReport:
         return {"rows": sum(r.get("rows", 0) for r in reports), "bad": [b for r in reports for b in r.get("bad", [])]}
 
     merge_shards(art, lambda shard, rec: [shard_name(art.path, shard, keep_suffix=False)], concat_tables, report,
-                 marker=".npy")
+                 marker=".npy", writes=[feature_table_paths(art.path)[1]])
     ids, x = open_feature_table(art.path)
     rep = PrecomputeReport(str(art.path), len(ids), x.shape[1], art.report().get("bad", []), len(ids),
                            round(time.perf_counter() - t0, 3))

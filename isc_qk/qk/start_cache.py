@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..formats.feature_table import open_feature_table
+from ..formats.feature_table import feature_table_paths, open_feature_table
 from ..formats.images import ImageFile
-from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
 from ..stages.rows import write_table
 from ..stages.runner import fill_from_images
@@ -37,13 +36,15 @@ def start_vectors(files: Sequence[ImageFile], start: Start, prefix: Path, worker
     art = Artifact(prefix, KIND, layout="prefix", stage="cache")
     encoder_fp, pca_fp = start.fingerprint_parts()
     record = {"dim": start.dim, "start": encoder_fp, "pca": pca_fp}
-    inputs = [Input("images", Path(files[0].path).parent if files else prefix, fingerprint.of_image_list(files))]
+    inputs = [Input.of_images("images", Path(files[0].path).parent if files else prefix, files)]
     try:
-        art.check_record(record, inputs)
-    except UserError:  # a stale cache of other images or another PCA: start it over
+        status = art.check_record(record, inputs)
+    except UserError:  # a stale cache of other images or another PCA
+        status = "other"
+    if status != "same":  # this cache folder is the training run's own: start it over
         for p in prefix.parent.glob(prefix.name + ".*"):
             p.unlink() if p.is_file() else shutil.rmtree(p, ignore_errors=True)
-    with art.open(record, inputs) as state:
+    with art.open(record, inputs, writes=[feature_table_paths(prefix)[1]]) as state:
         if not state.done:
             job = SideJob(InputPlan(start=start), lambda b: b.starts, start.dim, "float32", CHUNK)
             with ticker(progress, len(files), f"start vectors of {what}") as tick:

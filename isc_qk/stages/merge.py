@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
-from .artifact import Artifact
+from .artifact import Artifact, total_images
 from .shards import Shard
 
 Outputs = Callable[[Shard, dict], list[Path]]
@@ -23,13 +23,15 @@ Join = Callable[[list[Path], Path], None]
 
 
 def merge_shards(art: Artifact, outputs: Outputs, join: Join | list[Join], report: Callable[[list[dict]], dict],
-                 marker: str = "", shards: list[Artifact] | None = None, ignore: tuple[str, ...] = ()) -> list[Path]:
+                 marker: str = "", shards: list[Artifact] | None = None, ignore: tuple[str, ...] = (),
+                 writes: list[Path] = ()) -> list[Path]:
     """Merge the finished shards of `art`; returns the merged outputs (as `outputs` orders them).
 
     `join`: one function for every output, or one per output. `marker`: a suffix a shard's
     output must have to count (``.npy`` for table prefixes). `shards`: the shard artifacts when
     they are not named after `art` (augment's live side by side in one folder); `ignore`:
-    settings a merged record may differ in from an earlier one (augment's copies)."""
+    settings a merged record may differ in from an earlier one (augment's copies); `writes`: side
+    files the outputs bring besides themselves (a table's ids)."""
     if shards is None:
         shards = art.shards(marker=marker)
     for s in shards:
@@ -38,12 +40,12 @@ def merge_shards(art: Artifact, outputs: Outputs, join: Join | list[Join], repor
     config, inputs = art.merged_record(shards)
     records = [s.record() or {} for s in shards]
     if "n_images" in config:
-        config["n_images"] = sum(int(r.get("config", {}).get("n_images", 0)) for r in records)
+        config["n_images"] = total_images(shards)
     n = len(shards)
     parts = [outputs(Shard(i, n), rec) for i, rec in enumerate(records)]
     targets = outputs(Shard(0, 1), records[0])
     joins = join if isinstance(join, list) else [join] * len(targets)
-    with art.lock():
+    with art.merging(writes=[*targets, *writes]):  # refuses outputs this stage did not make; a failure removes its files
         art.write_merged_record(config, inputs, ignore)
         for k, target in enumerate(targets):
             joins[k]([p[k] for p in parts], target)

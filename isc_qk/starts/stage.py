@@ -27,9 +27,11 @@ from ..configs import PCAFitConfig
 from ..encoders import Encoder, create
 from ..errors import UserError
 from ..formats.descriptors import Descriptors, read_descriptors, write_descriptors
+from ..formats.pca import config_path
 from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
 from ..stages.merge import merge_shards
+from ..stages.resources import check_workers
 from ..stages.rows import read_good_rows
 from ..stages.runner import DecodedChunk, fill_from_images, select_images
 from ..stages.shards import Shard, shard_name
@@ -100,15 +102,17 @@ def fit_start_pca(name: str, train_dir: str | os.PathLike, out_dir: str | os.Pat
     """Fit encoder `name`'s PCA on a seeded sample of training images; skip if already fitted alike."""
     cfg = cfg or PCAFitConfig()
     cfg.validate()
+    check_workers(workers)
     encoder = create(name, trainable=False)
     if encoder.spec.trainable:
         raise UserError(f"{name} is a trainable backbone, not a frozen descriptor")
     images, _ = select_images(train_dir, Shard(0, 1))
     gist = encoder.id == GIST
     art = Artifact(out_dir, FIT_KIND, layout="folder", stage="gist_pca" if gist else "descriptor_pca")
-    inputs = [Input("--train", Path(train_dir), fingerprint.of_image_list(images))]
+    inputs = [Input.of_images("--train", train_dir, images)]
     record = cfg if gist else {"descriptor": encoder.id, "model": encoder.fingerprint(), **dataclasses.asdict(cfg)}
-    with art.open(record, inputs) as state:
+    written = [pca_path(out_dir), config_path(pca_path(out_dir))]
+    with art.open(record, inputs, writes=written) as state:
         if state.done and pca_path(out_dir).is_file():
             return pca_path(out_dir)
         files = images
@@ -158,6 +162,7 @@ def describe_start_set(
 ) -> SetReport:
     """Write the start descriptor (PCA-256) and the raw vectors of every image of a folder."""
     shard = Shard.parse(shard)
+    check_workers(workers)
     pca_file = resolve_pca_file(pca)
     start = load_start(pca_file)
     out_h5 = Path(out_h5)
@@ -167,9 +172,9 @@ def describe_start_set(
     out_raw = shard_name(raw_path(out_h5, start.encoder), shard)
     images, files = select_images(images_dir, shard)
     inputs = [Input("--pca", pca_file, fingerprint.of_file(pca_file)),
-              Input("--images", Path(images_dir), fingerprint.of_image_list(images))]
+              Input.of_images("--images", images_dir, images)]
     record = SetRecord(dim=start.dim, shard=str(shard), n_images=len(files))
-    with art.open(record, inputs, check={"--out (raw)": out_raw}) as state:
+    with art.open(record, inputs, writes=[out_raw]) as state:
         if state.done and out_raw.is_file():
             return SetReport(int(state.report.get("n_described", 0)), state.report.get("failures", []),
                              art.path, out_raw, skipped=True)
