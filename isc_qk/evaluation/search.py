@@ -474,3 +474,59 @@ def knn_pairs(
         dist, ref = faiss.knn(xq, xb, k)
     q = np.repeat(np.arange(len(xq), dtype=np.int64), k)
     return _sorted_pairs(q, ref.ravel().astype(np.int64), dist.ravel())
+
+
+def pairs_within(
+    xq: np.ndarray,
+    xb: np.ndarray,
+    max_distance: float,
+    threads: int | None = None,
+    method: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Pairs:
+    """EVERY pair whose exact score (`exact_distances`) is <= `max_distance`, best first.
+
+    The global search's machinery with a fixed threshold instead of a running one (`isc-qk
+    match`: the pairs above a calibrated threshold): the same first pass with its proven
+    bound, then the exact score of the candidates only, query batch by query batch, so the
+    memory is that of the evaluation plus the pairs kept. Scores are those of `evaluate`,
+    so a threshold read from an evaluation means the same thing here.
+    """
+    xq, xb = _check_inputs(xq, xb)
+    theta = np.float32(max_distance)
+    if not np.isfinite(theta):
+        raise UserError(f"the distance threshold must be a finite number, got {max_distance}")
+    if not len(xq) or not len(xb) or theta < 0:  # squared distances are >= 0
+        return Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    method = resolve_method(method)
+    big = max(float(np.abs(xq).max()), float(np.abs(xb).max())) * np.sqrt(xq.shape[1])
+    if not big < MAX_NORM:
+        method = "faiss"
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    with faiss_threads(threads):
+        if method == "faiss":
+            # faiss's BLAS distances may differ from the exact score in the last bits: a radius
+            # a little wider, then the exact score decides
+            radius = float(np.nextafter(theta, np.float32(np.inf))) * (1 + 1e-5) + 1e-6
+            xq_norms, xb_norms = norms_sqr(xq), norms_sqr(xb)
+            for i0, i1 in query_batches(len(xq)):
+                lims, _, ref = _range_search(xq[i0:i1], xb, radius)
+                qi = np.repeat(np.arange(i0, i1, dtype=np.int64), np.diff(lims))
+                d = exact_distances(xq, xb, qi, ref, xq_norms, xb_norms)
+                keep = d <= theta
+                parts.append((qi[keep], ref[keep], d[keep]))
+                if on_batch is not None:
+                    on_batch(i1)
+        else:
+            search = _BoundedSearch(xq, xb, 1, method, threads, SearchStats())
+            search.perm = np.arange(len(xq), dtype=np.int64)  # batches in file order
+            try:
+                for i0, i1 in query_batches(len(xq)):
+                    parts.append(search._search(i0, i1, theta))
+                    if on_batch is not None:
+                        on_batch(i1)
+            finally:
+                if search.scanner is not None:
+                    search.scanner.close()
+    q, r, d = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return _sorted_pairs(q, r, d)
