@@ -22,7 +22,7 @@ import typer  # noqa: E402
 
 from ..errors import UserError
 from .app import app
-from . import evaluate, augment, gist, train, pipeline, normalize  # noqa: F401,E402  (registration)
+from . import evaluate, augment, gist, train, pipeline, normalize, match, inspect  # noqa: F401,E402  (registration)
 
 try:  # Typer >= 0.20 vendors click as typer._click; older Typer uses click itself.
     from typer._click import exceptions as _cx
