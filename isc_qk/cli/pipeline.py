@@ -55,6 +55,8 @@ def pipeline_cmd(
     baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma list of gist, imagenet, sscd, inbatch, or '' for none."),
     normalize: Optional[str] = typer.Option(None, "--normalize", help="Extra rows with score normalisation: nes, whiten, ''."),
     workers: int = typer.Option(2, "--workers", min=1),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="TensorBoard event files of every training "
+                                               "run, one sub-folder each (Q1, K1, ..., inbatch)."),
 ) -> None:
     """Run augment -> gist-pca -> precompute -> train-q -> precompute -> train-k ... and evaluate
     every phase next to the baselines; writes WORK/results.{json,md,png}."""
@@ -77,7 +79,7 @@ def pipeline_cmd(
         weights = None if is_onnx_name(backbone) else "imagenet"
     if backbone is not None or backbone_weights is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_weights=weights))
-    _show(run_pipeline(data, work, cfg), work)
+    _show(run_pipeline(data, work, cfg, tensorboard=tensorboard), work)
 
 
 @app.command("demo")

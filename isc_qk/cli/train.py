@@ -112,23 +112,28 @@ def _register_train_command(side: str, doc: str, keys_help: str, queries_help: s
             "default", "--distribute",
             help="default: one device; mirrored: split each batch across local GPUs (or logical CPUs); "
             "multiworker: across machines (reads TF_CONFIG). Same loss as one device."),
+        tensorboard: Optional[Path] = typer.Option(
+            None, "--tensorboard", help="Also write TensorBoard event files here: loss parts, positive and "
+            "mined-negative distances, lr per step (`tensorboard --logdir DIR`)."),
     ) -> None:
         cfg = TrainConfig(side=side, negatives=negatives, loss=LossConfig(tau=tau, m=m, w_pos=w_pos, w_neg=w_neg),
                           batch_size=batch, lr=lr, lr_alpha=lr_alpha, warmup=warmup, epochs=epochs, steps=steps,
                           checkpoint_every=checkpoint_every, seed=seed, chunk=chunk, workers=workers)
-        _train(cfg, model, keys, queries, out, manifest, progress, distribute)
+        _train(cfg, model, keys, queries, out, manifest, progress, distribute, tensorboard)
 
     command.__doc__ = doc
     app.command(f"train-{side}")(command)
 
 
-def _train(cfg: TrainConfig, model, keys, queries, out, manifest, progress: bool, distribute: str) -> None:
+def _train(cfg: TrainConfig, model, keys, queries, out, manifest, progress: bool, distribute: str,
+           tensorboard: Path | None = None) -> None:
     from ..qk.distribute import make_strategy
     from ..qk.train import train
     from ..ui import console
 
     cfg.validate()
-    rep = train(model, keys, queries, out, cfg, manifest=manifest, progress=progress, strategy=make_strategy(distribute))
+    rep = train(model, keys, queries, out, cfg, manifest=manifest, progress=progress, strategy=make_strategy(distribute),
+                tensorboard=tensorboard)
     if rep.skipped:
         console.print(f"{out}: this run is already finished; nothing to do")
     kv_table(f"train-{cfg.side}", {
