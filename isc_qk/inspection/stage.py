@@ -54,10 +54,14 @@ def _paths(p) -> list[Path]:
     return [Path(p)] if isinstance(p, (str, os.PathLike)) else [Path(x) for x in p]
 
 
-def _default_name(files: list[Path], fallback: str) -> str:
-    """A result's name from its query file: the folder it lies in (``runs/sscd/queries.h5`` -> sscd)."""
-    parent = files[0].resolve().parent.name if files else ""
-    return parent or files[0].stem if files else fallback
+def _default_names(specs: list[list[Path]]) -> list[str]:
+    """Results' names from their query files: the folder each lies in (``runs/sscd/queries.h5``
+    -> sscd), or the file names when the folders do not tell them apart."""
+    parents = [f[0].resolve().parent.name for f in specs]
+    if len(set(parents)) == len(parents) and all(parents):
+        return parents
+    stems = [f[0].name.removesuffix(".h5") for f in specs]
+    return stems if len(set(stems)) == len(stems) else [f"{s} ({i + 1})" for i, s in enumerate(stems)]
 
 
 def check_out_folder(out: Path) -> dict | None:
@@ -132,12 +136,10 @@ def inspect_results(
 
     # ---- read and search (nothing written yet)
     gt = read_ground_truth(ground_truth)
-    names = [name or _default_name(qfiles, "A")]
-    specs = [(qfiles, rfiles)]
-    if cq:
-        second = compare_name or _default_name(cq, "B")
-        names.append(second if second != names[0] else f"{second} (2)")
-        specs.append((cq, cr))
+    specs = [(qfiles, rfiles)] + ([(cq, cr)] if cq else [])
+    names = [given or default for given, default in zip((name, compare_name), _default_names([q for q, _ in specs]))]
+    if len(names) == 2 and names[0] == names[1]:
+        raise UserError(f"both results are named {names[0]!r}: give --name / --compare-name")
     groups = None
     if manifest is not None:
         groups = families.edit_groups(manifest, gt.query_ids)

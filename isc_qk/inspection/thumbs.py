@@ -4,7 +4,8 @@ Files are found by id (``ID.jpg``, ``.jpeg``, ``.png`` in any case) without list
 so a report on a million references reads a few hundred files. Each thumbnail is a small JPEG
 written atomically under ``thumbs/q/`` or ``thumbs/r/`` beside the page; an id that is not a
 safe file name gets a hashed one. A missing or unreadable image gets the shared placeholder
-``thumbs/missing.png`` (the page still loads every image) and is listed in the report.
+``thumbs/missing.png``, written when needed (the page still loads every image), and is listed
+in the report.
 """
 
 from __future__ import annotations
@@ -90,12 +91,13 @@ def make_thumbnails(wanted: Iterable[tuple[str, str]], folders: dict[str, Path],
         return job, rel, None
 
     (out_dir / THUMBS).mkdir(parents=True, exist_ok=True)
-    write_placeholder(out_dir, size)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for job, rel, why in pool.map(one, jobs):
             paths[job] = rel
             if why:
                 failures.append(why)
+    if failures:
+        write_placeholder(out_dir, size)
     return paths, failures
 
 
