@@ -2,8 +2,9 @@
 
 CSV header ``query_id,reference_id,score,rank,decision``; one row per retrieved pair, grouped
 by query (queries in id order), best first. ``score`` is minus the squared L2 distance (the
-evaluation's score, so `evaluate-uap` thresholds apply as they are), written with 9
-significant digits (a float32 round-trips); ``rank`` is the reference's rank among ALL
+evaluation's score, so `evaluate-uap` thresholds apply as they are), written exactly (the
+shortest text that reads back as the same number, like the JSON's threshold, so ``score >=
+threshold`` in a script gives the ``decision`` column); ``rank`` is the reference's rank among ALL
 references for that query (1 = nearest); ``decision`` is ``match`` when score >= threshold,
 ``no_match`` below it, empty when no threshold was given. Plain CSV (no comment lines), so
 ``pandas.read_csv`` reads it as it is.
@@ -46,7 +47,7 @@ def write_matches(path: str | os.PathLike, query_ids: np.ndarray, reference_ids:
                           "score": np.asarray(scores, np.float64), "rank": np.asarray(ranks, np.int64),
                           "decision": labels}, columns=list(MATCH_COLUMNS))
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.9g", lineterminator="\n")
+        frame.to_csv(tmp, index=False, lineterminator="\n")
     write_json(matches_sidecar(path), {"kind": MATCH_KIND, "csv": Path(path).name,
                                        "columns": list(MATCH_COLUMNS), **meta})
 
