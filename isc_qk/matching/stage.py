@@ -128,7 +128,7 @@ def match(
             q = read_descriptors(queries)
         if q.dim != ref.dim:
             raise UserError(f"query descriptors are {q.dim}-d, references {ref.dim}-d: not made by the same model")
-        if thr is not None:
+        if thr is not None and progress:
             console.print(f"threshold {thr.describe()}", highlight=False)
         q = q.sorted()
         pairs = match_pairs(q.vectors, ref.vectors, top_k, None if thr is None else thr.max_distance, threads)
