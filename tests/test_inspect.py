@@ -68,6 +68,12 @@ def test_report_agrees_with_the_evaluation(disc, tmp_path, run_cli):
     assert scores == sorted(scores)
     for e in m["shown"]:
         assert all(x["rank"] < e["rank"] for x in e["above"]) and len(e["above"]) <= 3
+    # with a manifest, each shown query carries its edits
+    import csv
+
+    ops = {row["query_id"]: [x["op"] for x in json.loads(row["ops"])] for row in csv.DictReader(open(disc.manifest))}
+    for e in shown + m["shown"]:
+        assert e["edits"] == ops.get(e["query"], [])
     # thumbnails: one per shown image, small, and nothing else under thumbs/
     files = {str(p.relative_to(out)) for p in (out / "thumbs").rglob("*") if p.is_file()}
     assert files == set(data["thumbnails"])

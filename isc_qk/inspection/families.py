@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,8 +41,18 @@ def pair_scores(res: EvalResult, match_index: np.ndarray) -> np.ndarray:
     return out
 
 
-def edit_groups(manifest: str | os.PathLike, query_ids: list[str]) -> tuple[dict[str, set], dict[str, set], int]:
-    """(family -> query ids, edit -> query ids, number of `query_ids` not in the manifest)."""
+@dataclass
+class EditLog:
+    """The edits of the ground-truth queries, grouped."""
+
+    families: dict[str, set]  # family -> query ids
+    ops: dict[str, set]  # edit -> query ids
+    per_query: dict[str, list[str]]  # query id -> its edits, in order
+    unlisted: int  # ground-truth queries without a manifest row
+
+
+def edit_groups(manifest: str | os.PathLike, query_ids: list[str]) -> EditLog:
+    """The edits of `query_ids` from the manifest, grouped by family and by edit."""
     from ..augment.recipe import OPS
 
     rows = read_manifest(manifest)
@@ -50,7 +61,7 @@ def edit_groups(manifest: str | os.PathLike, query_ids: list[str]) -> tuple[dict
     wanted = set(query_ids)
     families: dict[str, set] = defaultdict(set)
     ops: dict[str, set] = defaultdict(set)
-    listed = set()
+    per_query: dict[str, list[str]] = {}
     for n, row in enumerate(rows, start=2):
         q = row["query_id"]
         if q not in wanted:
@@ -60,17 +71,17 @@ def edit_groups(manifest: str | os.PathLike, query_ids: list[str]) -> tuple[dict
             names = [e["op"] for e in edits]
         except (ValueError, TypeError, KeyError):
             raise UserError(f"{manifest}:{n}: ops is not a JSON list of edits ({{\"op\": name, ...}})") from None
-        listed.add(q)
+        per_query[q] = [str(n) for n in names]
         for name in names:
             ops[str(name)].add(q)
             families[OPS[name].family if name in OPS else "other"].add(q)
-    if not listed:
+    if not per_query:
         raise UserError(f"{manifest}: none of its query ids is a ground-truth query (e.g. {rows[0]['query_id']!r} "
                         f"vs {query_ids[0]!r}): is it the manifest of these queries?")
-    missing = wanted - listed
+    missing = wanted - set(per_query)
     if missing:
         families[UNLISTED] = set(missing)
-    return dict(families), dict(ops), len(missing)
+    return EditLog(dict(families), dict(ops), per_query, len(missing))
 
 
 def group_metrics(res: EvalResult, query: Descriptors, gt: GroundTruth, groups: dict[str, set]) -> list[dict]:

@@ -15,7 +15,7 @@ TEMPLATE = r"""<!DOCTYPE html>
 <style>
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 2em 3em; color: #222; }
 h1 { font-size: 1.5em; margin: 0.8em 0 0.2em; }
-h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
+h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ccc; padding-bottom: 0.2em; scroll-margin-top: 4em; }
 nav { position: sticky; top: 0; background: #fff; padding: 0.4em 0; border-bottom: 1px solid #eee; z-index: 1; }
 nav a { margin-right: 1.2em; color: #0366d6; text-decoration: none; }
 p.note, .note { color: #555; font-size: 0.9em; max-width: 70em; }
@@ -80,7 +80,7 @@ Rank: the reference's rank among all references for that query.</p>
 <tr><th>#</th><th>query</th><th>wrongly matched reference</th><th>its true reference</th></tr>
 {% for e in fp %}
 <tr><td>{{ e.list_position }}{% if e.above_p90 %}<br><span class="bad">above P90</span>{% endif %}</td>
-<td>{{ fig("q", e.query, "query", []) }}</td>
+<td>{{ fig("q", e.query, "query", edits(e)) }}</td>
 <td>{{ fig("r", e.reference, "wrong", ["score " ~ g(e.score), "rank " ~ rank(e.rank)]) }}</td>
 <td>{% if e.distractor %}<span class="note">none: a distractor query<br>(no copy among the references)</span>{% else %}{% for t in e.true %}{{ fig("r", t.reference, "true", ["score " ~ g(t.score), "rank " ~ rank(t.rank), "in the list" if t.retrieved else "not in the list"]) }}{% endfor %}{% endif %}</td></tr>
 {% endfor %}
@@ -95,7 +95,7 @@ and what the descriptor ranked above it.</p>
 <table class="gallery missed-table">
 <tr><th>query</th><th>true reference</th><th>ranked above it</th></tr>
 {% for e in m.rows %}
-<tr><td>{{ fig("q", e.query, "query", []) }}</td>
+<tr><td>{{ fig("q", e.query, "query", edits(e)) }}</td>
 <td>{{ fig("r", e.reference, "true", ["score " ~ g(e.score), "rank " ~ rank(e.rank), e.reason]) }}</td>
 <td>{% for x in e.above %}{{ fig("r", x.reference, "other", ["score " ~ g(x.score), "rank " ~ x.rank]) }}{% endfor %}</td></tr>
 {% endfor %}
@@ -127,7 +127,7 @@ only {{ comparison.b }}: {{ comparison.b_only.count }}. Found: {{ comparison.a }
 <table class="gallery compare-table">
 <tr><th>query</th><th>true reference</th><th>{{ lose }} ranked first instead</th></tr>
 {% for e in comparison[key].rows %}
-<tr><td>{{ fig("q", e.query, "query", []) }}</td>
+<tr><td>{{ fig("q", e.query, "query", edits(e)) }}</td>
 <td>{{ fig("r", e.reference, "true", [win ~ ": " ~ g(e.winner.score) ~ ", rank " ~ rank(e.winner.rank), lose ~ ": " ~ g(e.loser.score) ~ ", rank " ~ rank(e.loser.rank)]) }}</td>
 <td>{% if e.loser_top %}{{ fig("r", e.loser_top.reference, "other", ["score " ~ g(e.loser_top.score)]) }}{% else %}<span class="note">(no descriptor)</span>{% endif %}</td></tr>
 {% endfor %}
@@ -157,11 +157,16 @@ def _rank(x) -> str:
     return "-" if x is None else f"{x:,}"
 
 
+def _edits(entry: dict) -> list[str]:
+    """The query's edits (with a manifest), shown under its thumbnail."""
+    return [", ".join(entry["edits"])] if entry.get("edits") else []
+
+
 def render(context: dict, thumbs: dict[tuple[str, str], str]) -> str:
     """The page's HTML; `thumbs` maps (kind, id) to the thumbnail's page-relative path."""
     import jinja2
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(f4=_f4, g=_g, rank=_rank,
+    env.globals.update(f4=_f4, g=_g, rank=_rank, edits=_edits,
                        thumb=lambda kind, image_id: quote(thumbs[(kind, image_id)]))
     return env.from_string(TEMPLATE).render(**context)

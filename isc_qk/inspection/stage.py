@@ -164,9 +164,12 @@ def inspect_results(
         analysis.fill_comparison(comp, runs[0], runs[1])
     fam = None
     if groups is not None:
-        fam_groups, op_groups, unlisted = groups
-        fam = {"unlisted": unlisted}
-        for key, g in (("family", fam_groups), ("op", op_groups)):
+        fam = {"unlisted": groups.unlisted}
+        for entries in [*fps, *(rows for rows, _ in missed),
+                        *([comp["a_only"]["rows"], comp["b_only"]["rows"]] if comp else [])]:
+            for e in entries:
+                e["edits"] = groups.per_query.get(e["query"], [])
+        for key, g in (("family", groups.families), ("op", groups.ops)):
             per_run = [families.group_metrics(run.res, run.query, gt, g) for run in runs]
             fam[key] = [{"group": rows[0]["group"], "queries": rows[0]["queries"], "positives": rows[0]["positives"],
                          "runs": rows} for rows in zip(*per_run)]
