@@ -202,3 +202,31 @@ def test_outputs_never_replace_what_match_did_not_write(disc, tmp_path, run_cli)
     assert run_cli("match", "--query", disc.q_oracle, "--reference", disc.r_oracle, "--out", out, "--top-k", "1").code == 0
     assert run_cli("match", "--query", disc.q_oracle, "--reference", disc.r_oracle, "--out", out, "--top-k", "2").code == 0
     assert len(pd.read_csv(out)) == 60
+
+
+@pytest.mark.parametrize("method", ["int8", "fp32", "faiss"])
+@pytest.mark.parametrize("k, quantile", [(0, 0.01), (1, None), (4, 0.002), (7, 0.0)])
+def test_nearest_and_within_is_exact(monkeypatch, method, k, quantile):
+    """The k nearest (ties by reference row) and every pair within the threshold, against brute
+    force; with a sample smaller than the references, so the k-th-neighbour bound is a real bound."""
+    from isc_qk.evaluation import search
+    from isc_qk.evaluation.search import exact_distances, nearest_and_within
+
+    monkeypatch.setattr(search, "SAMPLE_REFERENCES", 300)
+    monkeypatch.setattr(search, "SAMPLE_ROWS", 64)
+    rng = np.random.default_rng(k)
+    xb = rng.standard_normal((2000, 24)).astype(np.float32)
+    xq = rng.standard_normal((150, 24)).astype(np.float32)
+    xb[11] = xb[10]  # exact ties
+    xb[12] = xb[10]
+    xq[0] = xb[10]
+    xq[1] = xb[500] + 1e-3 * rng.standard_normal(24).astype(np.float32)
+    qi, ri = np.repeat(np.arange(150), 2000), np.tile(np.arange(2000), 150)
+    d = exact_distances(xq, xb, qi, ri)
+    order = np.lexsort((ri, d, qi))
+    rank = np.tile(np.arange(2000), 150)  # rank of the sorted position within its query
+    theta = None if quantile is None else float(np.quantile(d, quantile))
+    keep = (rank < k) | ((d[order] <= theta) if theta is not None else False)
+    want = list(zip(qi[order][keep].tolist(), ri[order][keep].tolist(), d[order][keep].tolist()))
+    got = nearest_and_within(xq, xb, k, theta, method=method)
+    assert list(zip(got.query.tolist(), got.reference.tolist(), got.distance.tolist())) == want

@@ -530,3 +530,110 @@ def pairs_within(
                     search.scanner.close()
     q, r, d = (np.concatenate([p[i] for p in parts]) for i in range(3))
     return _sorted_pairs(q, r, d)
+
+
+SAMPLE_REFERENCES = 65536  # references whose matmul distances give each query's k-th-neighbour bound
+SAMPLE_ROWS = 512  # queries per matmul against the sample (512 x 65536 float32: 128 MB)
+
+
+def nearest_and_within(
+    xq: np.ndarray,
+    xb: np.ndarray,
+    k: int,
+    max_distance: float | None = None,
+    threads: int | None = None,
+    method: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Pairs:
+    """For every query: its k nearest references AND every reference within `max_distance`,
+    exactly (the exact score of `exact_distances`; ties broken by reference row), sorted by
+    (query row, distance, reference row).
+
+    One first pass with per-query thresholds (`isc-qk match`): each query's k-th-neighbour
+    distance is bounded from above by the exact scores of the k best references of a fixed
+    sample of the references (any k distinct references bound it; the matmul over the sample
+    only picks good ones), and the pass keeps every pair within max(that bound, max_distance)
+    (the same proven first pass as the global search), so no neighbour and no pair above the
+    threshold can be missed; the exact scores of the candidates then decide. Memory: the
+    evaluation's, plus the candidates of one query batch.
+    """
+    xq, xb = _check_inputs(xq, xb)
+    theta = np.float32(-np.inf) if max_distance is None else np.float32(max_distance)
+    if max_distance is not None and not np.isfinite(theta):
+        raise UserError(f"the distance threshold must be a finite number, got {max_distance}")
+    k = max(0, min(int(k), len(xb)))
+    empty = Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if not len(xq) or not len(xb) or (k == 0 and theta < 0):
+        return empty
+    method = resolve_method(method)
+    big = max(float(np.abs(xq).max()), float(np.abs(xb).max())) * np.sqrt(xq.shape[1])
+    if method == "faiss" or not big < MAX_NORM:
+        return _nearest_and_within_faiss(xq, xb, k, theta, threads)
+    xq_norms, xb_norms = norms_sqr(xq), norms_sqr(xb)
+    sample = np.arange(len(xb)) if len(xb) <= SAMPLE_REFERENCES else np.sort(
+        np.random.default_rng(0).choice(len(xb), SAMPLE_REFERENCES, replace=False))
+    xs, xs_norms = xb[sample], xb_norms[sample]
+    search = _BoundedSearch(xq, xb, 1, method, threads, SearchStats())
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    with faiss_threads(threads):
+        try:
+            for i0, i1 in query_batches(len(xq)):
+                tau = np.full(i1 - i0, theta, np.float32)
+                if k:
+                    tau = np.maximum(tau, _kth_bounds(xq, xb, i0, i1, sample, xs, xs_norms, xq_norms, xb_norms, k))
+                local, ri = search._scanner().candidates(xq[i0:i1], tau)
+                qi = local + i0
+                d = exact_distances(xq, xb, qi, ri, xq_norms, xb_norms)
+                keep = d <= tau[local]
+                parts.append((qi[keep], ri[keep], d[keep]))
+                if on_batch is not None:
+                    on_batch(i1)
+        finally:
+            if search.scanner is not None:
+                search.scanner.close()
+    return _keep_nearest_and_within(parts, k, theta)
+
+
+def _kth_bounds(xq, xb, i0, i1, sample, xs, xs_norms, xq_norms, xb_norms, k: int) -> np.ndarray:
+    """Per query of xq[i0:i1]: the largest exact score among the k sample references nearest
+    by the matmul, an upper bound of its k-th-neighbour distance over ALL references."""
+    out = np.empty(i1 - i0, np.float32)
+    for r0 in range(i0, i1, SAMPLE_ROWS):
+        r1 = min(i1, r0 + SAMPLE_ROWS)
+        approx = xq[r0:r1] @ xs.T
+        approx *= -2
+        approx += xq_norms[r0:r1, None]
+        approx += xs_norms[None, :]
+        best = np.argpartition(approx, k - 1, axis=1)[:, :k] if approx.shape[1] > k else \
+            np.broadcast_to(np.arange(approx.shape[1]), approx.shape)
+        rows = np.repeat(np.arange(r0, r1, dtype=np.int64), k)
+        d = exact_distances(xq, xb, rows, sample[best].ravel(), xq_norms, xb_norms)
+        out[r0 - i0:r1 - i0] = d.reshape(r1 - r0, k).max(axis=1)
+    return out
+
+
+def _keep_nearest_and_within(parts, k: int, theta: np.float32) -> Pairs:
+    if not parts:
+        return Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    q, r, d = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    order = np.lexsort((r, d, q))
+    q, r, d = q[order], r[order], d[order]
+    starts = np.r_[0, np.flatnonzero(q[1:] != q[:-1]) + 1] if len(q) else np.zeros(0, np.int64)
+    rank = np.arange(len(q)) - np.repeat(starts, np.diff(np.r_[starts, len(q)]))
+    keep = (rank < k) | (d <= theta)
+    return Pairs(q[keep].astype(np.int64), r[keep].astype(np.int64), d[keep].astype(np.float32))
+
+
+def _nearest_and_within_faiss(xq, xb, k: int, theta: np.float32, threads: int | None) -> Pairs:
+    """The faiss path (huge norms, or ISC_QK_SEARCH=faiss): faiss's kNN and range search, then
+    the exact score (faiss's BLAS distances can differ from it in the last bits)."""
+    parts = []
+    if k:
+        near = knn_pairs(xq, xb, k, threads=threads)
+        parts.append((near.query, near.reference, exact_distances(xq, xb, near.query, near.reference)))
+    if theta >= 0:
+        within = pairs_within(xq, xb, float(theta), threads=threads, method="faiss")
+        parts.append((within.query, within.reference, within.distance))
+    q, r, d = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    _, first = np.unique(q * len(xb) + r, return_index=True)
+    return _keep_nearest_and_within([(q[first], r[first], d[first])], k, theta)
