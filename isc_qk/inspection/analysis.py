@@ -190,4 +190,4 @@ def fill_comparison(comp: dict, a: Run, b: Run) -> None:
             e["winner"] = {"score": win.score(q, r), "rank": win.rank(q, r)}
             e["loser"] = {"score": lose.score(q, r), "rank": lose.rank(q, r)}
             top = lose.nearest(q)
-            e["loser_top"] = top[0] if top and top[0]["reference"] != r else None
+            e["loser_top"] = top[0] if top else None  # may be the true reference, below its threshold

@@ -129,7 +129,7 @@ only {{ comparison.b }}: {{ comparison.b_only.count }}. Found: {{ comparison.a }
 {% for e in comparison[key].rows %}
 <tr><td>{{ fig("q", e.query, "query", edits(e)) }}</td>
 <td>{{ fig("r", e.reference, "true", [win ~ ": " ~ g(e.winner.score) ~ ", rank " ~ rank(e.winner.rank), lose ~ ": " ~ g(e.loser.score) ~ ", rank " ~ rank(e.loser.rank)]) }}</td>
-<td>{% if e.loser_top %}{{ fig("r", e.loser_top.reference, "other", ["score " ~ g(e.loser_top.score)]) }}{% else %}<span class="note">(no descriptor)</span>{% endif %}</td></tr>
+<td>{% if not e.loser_top %}<span class="note">(no descriptor)</span>{% elif e.loser_top.reference == e.reference %}<span class="note">{{ lose }} ranked the true reference first, but below its operating point</span>{% else %}{{ fig("r", e.loser_top.reference, "other", ["score " ~ g(e.loser_top.score)]) }}{% endif %}</td></tr>
 {% endfor %}
 </table>
 {% endfor %}
