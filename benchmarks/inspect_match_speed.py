@@ -37,7 +37,12 @@ def main() -> None:
     ap.add_argument("--gt-queries", type=int, default=25_000)
     ap.add_argument("--disc21", action="store_true", help="50,000 x 1,000,000 (the DISC21 final shape)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--only", default="evaluate-uap,inspect,match", help="comma list of the runs (evaluate-uap "
+                    "always runs first when match runs: it writes the calibration)")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if "match" in only:
+        only.add("evaluate-uap")
     if args.disc21:
         args.references = 1_000_000
     rows = {}
@@ -56,6 +61,8 @@ def main() -> None:
                       str(d / "matches.csv"), "--no-progress"],
         }
         for name, cmd in runs.items():
+            if name not in only:
+                continue
             stats, _ = _child([sys.executable, "-c", CLI_CHILD, *cmd])
             if stats["code"] != 0:
                 raise SystemExit(f"{name} failed")
