@@ -534,6 +534,7 @@ def pairs_within(
 
 SAMPLE_REFERENCES = 65536  # references whose matmul distances give each query's k-th-neighbour bound
 SAMPLE_ROWS = 512  # queries per matmul against the sample (512 x 65536 float32: 128 MB)
+NEAREST_BATCH = 4096  # queries per first pass of `nearest_and_within` (bounds the candidates held at once)
 
 
 def nearest_and_within(
@@ -577,7 +578,8 @@ def nearest_and_within(
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     with faiss_threads(threads):
         try:
-            for i0, i1 in query_batches(len(xq)):
+            for i0 in range(0, len(xq), NEAREST_BATCH):
+                i1 = min(len(xq), i0 + NEAREST_BATCH)
                 tau = np.full(i1 - i0, theta, np.float32)
                 if k:
                     tau = np.maximum(tau, _kth_bounds(xq, xb, i0, i1, sample, xs, xs_norms, xq_norms, xb_norms, k))
