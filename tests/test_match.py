@@ -214,6 +214,7 @@ def test_nearest_and_within_is_exact(monkeypatch, method, k, quantile):
 
     monkeypatch.setattr(search, "SAMPLE_REFERENCES", 300)
     monkeypatch.setattr(search, "SAMPLE_ROWS", 64)
+    monkeypatch.setattr(search, "NEAREST_BATCH", 64)
     rng = np.random.default_rng(k)
     xb = rng.standard_normal((2000, 24)).astype(np.float32)
     xq = rng.standard_normal((150, 24)).astype(np.float32)
