@@ -499,7 +499,7 @@ def pairs_within(
     if not len(xq) or not len(xb) or theta < 0:  # squared distances are >= 0
         return Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
     method = resolve_method(method)
-    big = max(float(np.abs(xq).max()), float(np.abs(xb).max())) * np.sqrt(xq.shape[1])
+    big = max(float(xq.max()), -float(xq.min()), float(xb.max()), -float(xb.min())) * np.sqrt(xq.shape[1])  # no temporary copy
     if not big < MAX_NORM:
         method = "faiss"
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -567,7 +567,7 @@ def nearest_and_within(
     if not len(xq) or not len(xb) or (k == 0 and theta < 0):
         return empty
     method = resolve_method(method)
-    big = max(float(np.abs(xq).max()), float(np.abs(xb).max())) * np.sqrt(xq.shape[1])
+    big = max(float(xq.max()), -float(xq.min()), float(xb.max()), -float(xb.min())) * np.sqrt(xq.shape[1])  # no temporary copy
     if method == "faiss" or not big < MAX_NORM:
         return _nearest_and_within_faiss(xq, xb, k, theta, threads)
     xq_norms, xb_norms = norms_sqr(xq), norms_sqr(xb)
