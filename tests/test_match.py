@@ -213,7 +213,6 @@ def test_nearest_and_within_is_exact(monkeypatch, method, k, quantile):
     from isc_qk.evaluation.search import exact_distances, nearest_and_within
 
     monkeypatch.setattr(search, "SAMPLE_REFERENCES", 300)
-    monkeypatch.setattr(search, "SAMPLE_ROWS", 64)
     monkeypatch.setattr(search, "NEAREST_BATCH", 64)
     rng = np.random.default_rng(k)
     xb = rng.standard_normal((2000, 24)).astype(np.float32)

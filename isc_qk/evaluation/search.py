@@ -532,8 +532,11 @@ def pairs_within(
     return _sorted_pairs(q, r, d)
 
 
-SAMPLE_REFERENCES = 65536  # references whose matmul distances give each query's k-th-neighbour bound
-SAMPLE_ROWS = 512  # queries per matmul against the sample (512 x 65536 float32: 128 MB)
+# The k-th-neighbour bound of `nearest_and_within` comes from a sample of s references: it costs
+# s distances per query, and lets about k N / s candidates per query through the first pass;
+# s ~ SAMPLE_FACTOR sqrt(k N) balances the two (1M references, k = 10: 25,298), within these limits
+SAMPLE_FACTOR = 8
+SAMPLE_MIN, SAMPLE_REFERENCES = 1024, 65536
 NEAREST_BATCH = 4096  # queries per first pass of `nearest_and_within` (bounds the candidates held at once)
 
 
@@ -552,7 +555,7 @@ def nearest_and_within(
 
     One first pass with per-query thresholds (`isc-qk match`): each query's k-th-neighbour
     distance is bounded from above by the exact scores of the k best references of a fixed
-    sample of the references (any k distinct references bound it; the matmul over the sample
+    sample of the references (any k distinct references bound it; faiss's kNN over the sample
     only picks good ones), and the pass keeps every pair within max(that bound, max_distance)
     (the same proven first pass as the global search), so no neighbour and no pair above the
     threshold can be missed; the exact scores of the candidates then decide. Memory: the
@@ -571,9 +574,10 @@ def nearest_and_within(
     if method == "faiss" or not big < MAX_NORM:
         return _nearest_and_within_faiss(xq, xb, k, theta, threads)
     xq_norms, xb_norms = norms_sqr(xq), norms_sqr(xb)
-    sample = np.arange(len(xb)) if len(xb) <= SAMPLE_REFERENCES else np.sort(
-        np.random.default_rng(0).choice(len(xb), SAMPLE_REFERENCES, replace=False))
-    xs, xs_norms = xb[sample], xb_norms[sample]
+    n_sample = min(SAMPLE_REFERENCES, max(SAMPLE_MIN, int(SAMPLE_FACTOR * np.sqrt(max(k, 1) * len(xb)))))
+    sample = np.arange(len(xb)) if len(xb) <= n_sample else np.sort(
+        np.random.default_rng(0).choice(len(xb), n_sample, replace=False))
+    xs = np.ascontiguousarray(xb[sample])
     search = _BoundedSearch(xq, xb, 1, method, threads, SearchStats())
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     with faiss_threads(threads):
@@ -582,36 +586,33 @@ def nearest_and_within(
                 i1 = min(len(xq), i0 + NEAREST_BATCH)
                 tau = np.full(i1 - i0, theta, np.float32)
                 if k:
-                    tau = np.maximum(tau, _kth_bounds(xq, xb, i0, i1, sample, xs, xs_norms, xq_norms, xb_norms, k))
+                    tau = np.maximum(tau, _kth_bounds(xq, xb, i0, i1, sample, xs, xq_norms, xb_norms, k))
                 local, ri = search._scanner().candidates(xq[i0:i1], tau)
                 qi = local + i0
                 d = exact_distances(xq, xb, qi, ri, xq_norms, xb_norms)
                 keep = d <= tau[local]
-                parts.append((qi[keep], ri[keep], d[keep]))
+                # this batch's k nearest and pairs within theta, in (query, distance, reference)
+                # order: the batches come in query order, so their concatenation is sorted too
+                parts.append(_keep_nearest_and_within([(qi[keep], ri[keep], d[keep])], k, theta))
                 if on_batch is not None:
                     on_batch(i1)
         finally:
             if search.scanner is not None:
                 search.scanner.close()
-    return _keep_nearest_and_within(parts, k, theta)
+    if not parts:
+        return Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    return Pairs(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("query", "reference", "distance")))
 
 
-def _kth_bounds(xq, xb, i0, i1, sample, xs, xs_norms, xq_norms, xb_norms, k: int) -> np.ndarray:
+def _kth_bounds(xq, xb, i0, i1, sample, xs, xq_norms, xb_norms, k: int) -> np.ndarray:
     """Per query of xq[i0:i1]: the largest exact score among the k sample references nearest
-    by the matmul, an upper bound of its k-th-neighbour distance over ALL references."""
-    out = np.empty(i1 - i0, np.float32)
-    for r0 in range(i0, i1, SAMPLE_ROWS):
-        r1 = min(i1, r0 + SAMPLE_ROWS)
-        approx = xq[r0:r1] @ xs.T
-        approx *= -2
-        approx += xq_norms[r0:r1, None]
-        approx += xs_norms[None, :]
-        best = np.argpartition(approx, k - 1, axis=1)[:, :k] if approx.shape[1] > k else \
-            np.broadcast_to(np.arange(approx.shape[1]), approx.shape)
-        rows = np.repeat(np.arange(r0, r1, dtype=np.int64), k)
-        d = exact_distances(xq, xb, rows, sample[best].ravel(), xq_norms, xb_norms)
-        out[r0 - i0:r1 - i0] = d.reshape(r1 - r0, k).max(axis=1)
-    return out
+    by faiss's kNN, an upper bound of its k-th-neighbour distance over ALL references."""
+    import faiss
+
+    _, best = faiss.knn(xq[i0:i1], xs, k)
+    rows = np.repeat(np.arange(i0, i1, dtype=np.int64), k)
+    d = exact_distances(xq, xb, rows, sample[best].ravel(), xq_norms, xb_norms)
+    return d.reshape(i1 - i0, k).max(axis=1)
 
 
 def _keep_nearest_and_within(parts, k: int, theta: np.float32) -> Pairs:
