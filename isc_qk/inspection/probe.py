@@ -40,15 +40,16 @@ def probe(xq: np.ndarray, xb: np.ndarray, targets: dict[int, Iterable[int]], k: 
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     xb = np.ascontiguousarray(xb, dtype=np.float32)
     sel = xq[rows]
-    qn = norms_sqr(sel)
-    bn = norms_sqr(xb)
+    qn_all, bn = norms_sqr(xq), norms_sqr(xb)  # once: exact_distances would recompute them per call
+    qn = qn_all[rows]
+    exact = lambda qi, ri: exact_distances(xq, xb, qi, ri, qn_all, bn)  # noqa: E731
     d = xb.shape[1]
     # a bound on |matmul distance - exact score| (both within this of the real number)
     err = 4 * gamma(d + 2) * (qn.astype(np.float64) + float(bn.max()))
     pairs = [(i, int(r)) for i, q in enumerate(rows) for r in sorted(set(targets[int(q)]))]
     t_q = np.array([i for i, _ in pairs], dtype=np.int64)
     t_r = np.array([r for _, r in pairs], dtype=np.int64)
-    t_d = exact_distances(xq, xb, rows[t_q], t_r) if len(pairs) else np.zeros(0, np.float32)
+    t_d = exact(rows[t_q], t_r) if len(pairs) else np.zeros(0, np.float32)
     below = np.zeros(len(pairs), np.int64)  # references surely closer than the target
     close: list[list[int]] = [[] for _ in pairs]  # references the matmul cannot order against it
     k = min(k, len(xb))
@@ -75,7 +76,7 @@ def probe(xq: np.ndarray, xb: np.ndarray, targets: dict[int, Iterable[int]], k: 
     for j, (i, r) in enumerate(pairs):
         band = np.array(close[j], dtype=np.int64)
         if len(band):  # order the near-ties by the exact score, then by reference row
-            bd = exact_distances(xq, xb, np.full(len(band), rows[i]), band)
+            bd = exact(np.full(len(band), rows[i]), band)
             below[j] += int(((bd < t_d[j]) | ((bd == t_d[j]) & (band < r))).sum())
         key = (int(rows[i]), r)
         out.ranks[key] = int(below[j]) + 1
@@ -84,7 +85,7 @@ def probe(xq: np.ndarray, xb: np.ndarray, targets: dict[int, Iterable[int]], k: 
         if not k:
             continue
         cand = best_r[i]
-        exact = exact_distances(xq, xb, np.full(len(cand), q), cand)
-        order = np.lexsort((cand, exact))
-        out.nearest[int(q)] = [(int(cand[o]), float(exact[o])) for o in order]
+        dist = exact(np.full(len(cand), q), cand)
+        order = np.lexsort((cand, dist))
+        out.nearest[int(q)] = [(int(cand[o]), float(dist[o])) for o in order]
     return out
