@@ -36,6 +36,7 @@ import numpy as np
 from .errors import UserError
 from .evaluation.evaluate import EvalResult
 from .formats import Descriptors, GroundTruth, read_descriptors, read_ground_truth, write_descriptors
+from .matching import DEFAULT_PRECISION, DEFAULT_TOP_K
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -255,7 +256,8 @@ def run_phase(model: Model | PathLike, side: str, *, train_images: PathLike, aug
 def match(reference: Descriptors | PathLike, *, query: Descriptors | PathLike | None = None,
           images: PathLike | None = None, model: Model | PathLike | None = None, pca: PathLike | None = None,
           side: str = "q", threshold: float | None = None, calibration: PathLike | None = None,
-          precision: float = 0.9, top_k: int = 10, out: PathLike | None = None, threads: int | None = None,
+          precision: float = DEFAULT_PRECISION, top_k: int = DEFAULT_TOP_K, out: PathLike | None = None,
+          threads: int | None = None,
           workers: int = 2, progress: bool = True) -> "pd.DataFrame":
     """`isc-qk match` as a DataFrame (query_id, reference_id, score, rank, decision): the top
     `top_k` references of every query plus every pair at or above the threshold (a number, or

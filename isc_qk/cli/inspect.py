@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..inspection import NEIGHBOURS, SHOW, THUMB_SIZE
 from .app import app
 
 
@@ -26,14 +27,14 @@ def inspect_cmd(
     compare_reference: Annotated[Optional[list[Path]], typer.Option(
         "--compare-reference", help="The second result's reference descriptors.")] = None,
     compare_name: Annotated[Optional[str], typer.Option("--compare-name", help="Name of the second result.")] = None,
-    show: Annotated[int, typer.Option("--show", help="False positives and missed copies shown per result.")] = 40,
-    neighbours: Annotated[int, typer.Option("--neighbours", help="References shown above a missed copy.")] = 3,
+    show: Annotated[int, typer.Option("--show", help="False positives and missed copies shown per result.")] = SHOW,
+    neighbours: Annotated[int, typer.Option("--neighbours", help="References shown above a missed copy.")] = NEIGHBOURS,
     max_results: Annotated[Optional[int], typer.Option(
         "--max-results", help="Global cap on pairs kept [default: 10 x queries searched], as evaluate-uap.")] = None,
     all_queries: Annotated[bool, typer.Option(
         "--all-queries", help="Also search queries absent from the ground truth, as evaluate-uap.")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", help="faiss threads [default: faiss's own].")] = None,
-    thumb_size: Annotated[int, typer.Option("--thumb-size", help="Thumbnail side in pixels.")] = 160,
+    thumb_size: Annotated[int, typer.Option("--thumb-size", help="Thumbnail side in pixels.")] = THUMB_SIZE,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Thumbnail-decoding threads.")] = 2,
 ) -> None:
     """HTML error gallery: summary and PR curve, the highest-scoring false positives, the copies

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..matching import DEFAULT_PRECISION, DEFAULT_TOP_K
 from .app import app
 from .common import kv_table, warn_skipped
 
@@ -29,9 +30,9 @@ def match_cmd(
                             "like evaluate-uap's threshold@P90).")] = None,
     calibration: Annotated[Optional[Path], typer.Option(
         "--calibration", help="evaluate-uap --json of labelled data: the threshold at --precision.")] = None,
-    precision: Annotated[float, typer.Option("--precision", help="Precision to calibrate the threshold at.")] = 0.9,
+    precision: Annotated[float, typer.Option("--precision", help="Precision to calibrate the threshold at.")] = DEFAULT_PRECISION,
     top_k: Annotated[int, typer.Option("--top-k", help="Nearest references kept per query (besides every pair "
-                                                       "above the threshold).")] = 10,
+                                                       "above the threshold).")] = DEFAULT_TOP_K,
     descriptors: Annotated[Optional[Path], typer.Option(
         "--descriptors", help="Where the new images' descriptors are kept [default: OUT_STEM.queries.h5].")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="faiss threads [default: faiss's own].")] = None,

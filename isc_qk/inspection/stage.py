@@ -27,7 +27,7 @@ from ..formats.descriptors import read_descriptors
 from ..formats.ground_truth import read_ground_truth
 from ..stages import guard, lock
 from ..ui import console
-from . import analysis, families, page, thumbs
+from . import NEIGHBOURS, SHOW, THUMB_SIZE, analysis, families, page, thumbs
 
 REPORT_KIND = "isc-qk inspect report"
 INDEX = "index.html"
@@ -98,12 +98,12 @@ def inspect_results(
     compare_query=None,
     compare_reference=None,
     compare_name: str | None = None,
-    show: int = 40,
-    neighbours: int = 3,
+    show: int = SHOW,
+    neighbours: int = NEIGHBOURS,
     max_results: int | None = None,
     all_queries: bool = False,
     threads: int | None = None,
-    thumb_size: int = 160,
+    thumb_size: int = THUMB_SIZE,
     workers: int = 2,
     progress: bool = True,
 ) -> InspectReport:

@@ -29,10 +29,10 @@ from ..formats.descriptors import Descriptors, read_descriptors
 from ..formats.matches import is_matches_csv, is_matches_json, matches_sidecar, write_matches
 from ..stages import guard, lock
 from ..ui import console
+from . import DEFAULT_PRECISION, DEFAULT_TOP_K
 from .calibration import Threshold, given_threshold, threshold_from_metrics
 from .pairs import match_pairs
 
-DEFAULT_TOP_K = 10  # as the ISC rule's 10 results per query
 
 
 @dataclass
@@ -61,7 +61,7 @@ def default_descriptors_path(out: str | os.PathLike) -> Path:
 
 
 def resolve_threshold(threshold: float | None, calibration: str | os.PathLike | None,
-                      precision: float = 0.9) -> Threshold | None:
+                      precision: float = DEFAULT_PRECISION) -> Threshold | None:
     """--threshold T, or --calibration EVAL.json [--precision P], or neither (no decisions)."""
     if threshold is not None and calibration is not None:
         raise UserError("give --threshold or --calibration, not both")
@@ -82,7 +82,7 @@ def match(
     side: str = "q",
     threshold: float | None = None,
     calibration: str | os.PathLike | None = None,
-    precision: float = 0.9,
+    precision: float = DEFAULT_PRECISION,
     top_k: int = DEFAULT_TOP_K,
     descriptors: str | os.PathLike | None = None,
     threads: int | None = None,
