@@ -27,7 +27,7 @@ args = parser.parse_args()
 
 pca = qk.fit_pca(args.data / "train", args.work / "gist", dim=args.dim)
 aug = qk.augment(args.data / "train", args.work / "aug", copies=args.copies)
-weights = None if args.backbone == "tiny" else "imagenet"
+weights = None if args.backbone == "tiny" else "auto"  # the tiny test backbone has no pretrained weights
 start = qk.init_model(pca, args.work / "models" / "start", backbone=args.backbone, backbone_weights=weights)
 report = qk.run_phase(start, "q", train_images=args.data / "train", augmented=aug, out=args.work / "models" / "Q1",
                       epochs=args.epochs, steps=args.steps, tensorboard=args.tensorboard)

@@ -93,13 +93,18 @@ def load_model(path: PathLike) -> Model:
 
 
 def init_model(pca: PathLike, out: PathLike, *, backbone: str = "efficientnet-lite0",
-               backbone_weights: str | None = "imagenet", **model_options: Any) -> Model:
+               backbone_weights: str | None = "auto", **model_options: Any) -> Model:
     """Create an untrained model folder (`isc-qk init-model`) on a fitted start PCA; options are
-    `configs.ModelConfig` fields (head_hidden, residual_scale, head_shortcut, freeze_backbone...)."""
+    `configs.ModelConfig` fields (head_hidden, residual_scale, head_shortcut, freeze_backbone...).
+    `backbone_weights` "auto": ImageNet for a trainable backbone, none for a frozen ONNX one
+    (sscd, onnx:PATH: its weights are the file)."""
     from .configs import ModelConfig
     from .models.init import init_model as _init
+    from .models.onnx_model import is_onnx_name
     from .starts.stage import load_pca, resolve_pca_file
 
+    if backbone_weights == "auto":
+        backbone_weights = None if is_onnx_name(backbone) else "imagenet"
     pca_file = resolve_pca_file(pca)
     fitted, start = load_pca(pca_file)
     cfg = ModelConfig(backbone=backbone, backbone_weights=backbone_weights,
