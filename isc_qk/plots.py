@@ -99,3 +99,23 @@ def plot_losses(path: str | os.PathLike, losses: list[float], title: str) -> Non
         ax.set_ylabel("loss")
         ax.set_title(title)
         ax.legend()
+
+
+def plot_pr_curves(path: str | os.PathLike, results: dict) -> None:
+    """Precision-recall curves of several evaluations (name -> EvalResult) on one plot, each
+    with its recall@P90 point (`isc-qk inspect`)."""
+    with _figure(path, dpi=100, figsize=(7.2, 4.32)) as (fig, ax):
+        for name, res in results.items():
+            line, = ax.plot(res.recalls, res.precisions, lw=1.6, label=f"{name} (micro-AP {res.micro_ap:.4f})")
+            if res.recall_at_p90 is not None:  # the operating point, on the curve
+                at = np.flatnonzero((np.asarray(res.recalls) == res.recall_at_p90)
+                                    & (np.asarray(res.thresholds) == res.threshold_at_p90))
+                y = float(res.precisions[at[0]]) if len(at) else 0.9
+                ax.plot([res.recall_at_p90], [y], "o", color=line.get_color(), ms=6)
+        ax.axhline(0.9, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=9)

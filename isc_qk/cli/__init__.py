@@ -1,7 +1,7 @@
 """Command-line entry point: thin Typer commands that parse, call one function, print.
 
 Each area has its own module (`evaluate`, `augment`, `gist`, `train`, `pipeline`,
-`normalize`) that registers its commands on the Typer `app` (`app`); `common` holds what they
+`normalize`, `inspect`, `match`) that registers its commands on the Typer `app` (`app`); `common` holds what they
 share. `main` turns user errors into one line on stderr and a non-zero exit, never a
 traceback, and says how to resume after Ctrl-C.
 """
@@ -23,7 +23,7 @@ import typer  # noqa: E402
 
 from ..errors import UserError, os_error_line
 from .app import app
-from . import evaluate, augment, gist, train, pipeline, normalize  # noqa: F401,E402  (registration)
+from . import evaluate, augment, gist, train, pipeline, normalize, match, inspect  # noqa: F401,E402  (registration)
 
 try:  # Typer >= 0.20 vendors click as typer._click; older Typer uses click itself.
     from typer._click import exceptions as _cx

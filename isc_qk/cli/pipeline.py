@@ -51,6 +51,8 @@ def pipeline_cmd(
     normalize: Optional[str] = typer.Option(None, "--normalize", help="Extra rows with score normalisation: nes, whiten, ''."),
     workers: int = typer.Option(2, "--workers", min=1),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="TensorBoard event files of every training "
+                                               "run, one sub-folder each (Q1, K1, ..., inbatch)."),
 ) -> None:
     """Run augment -> gist-pca -> precompute -> train-q -> precompute -> train-k ... and evaluate
     every phase next to the baselines; writes WORK/results.{json,md,png}."""
@@ -72,7 +74,7 @@ def pipeline_cmd(
         weights = default_weights(backbone)
     if backbone is not None or backbone_weights is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_weights=weights))
-    _show(run_pipeline(data, work, apply_settings(cfg, set_ or [])), work)
+    _show(run_pipeline(data, work, apply_settings(cfg, set_ or []), tensorboard=tensorboard), work)
 
 
 @app.command("demo")

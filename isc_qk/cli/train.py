@@ -133,6 +133,9 @@ def _register_train_command(side: str, doc: str, keys_help: str, queries_help: s
             "default", "--distribute",
             help="default: one device; mirrored: split each batch across local GPUs (or logical CPUs); "
             "multiworker: across machines (reads TF_CONFIG). Same loss as one device."),
+        tensorboard: Optional[Path] = typer.Option(
+            None, "--tensorboard", help="Also write TensorBoard event files here: loss parts, positive and "
+            "mined-negative distances, lr per step (`tensorboard --logdir DIR`)."),
     ) -> None:
         from ..configs import apply_settings
         from ..recipes import recipe as recipe_config
@@ -143,21 +146,21 @@ def _register_train_command(side: str, doc: str, keys_help: str, queries_help: s
                        workers=workers, train_other_head=train_other_head,
                        loss=override(base.loss, tau=tau, m=m, w_pos=w_pos, w_neg=w_neg))
         cfg = apply_settings(cfg, set_ or [], "train")
-        _train(cfg, model, keys, queries, out, manifest, progress, distribute, feature_cache)
+        _train(cfg, model, keys, queries, out, manifest, progress, distribute, feature_cache, tensorboard)
 
     command.__doc__ = doc
     app.command(f"train-{side}")(command)
 
 
 def _train(cfg: TrainConfig, model, keys, queries, out, manifest, progress: bool, distribute: str,
-           feature_cache: Optional[Path] = None) -> None:
+           feature_cache: Optional[Path] = None, tensorboard: Path | None = None) -> None:
     from ..qk.distribute import make_strategy
     from ..qk.train import train
     from ..ui import console
 
     cfg.validate()
     rep = train(model, keys, queries, out, cfg, manifest=manifest, progress=progress, strategy=make_strategy(distribute),
-                feature_cache=feature_cache)
+                feature_cache=feature_cache, tensorboard=tensorboard)
     if rep.skipped:
         console.print(f"{out}: this run is already finished; nothing to do")
     kv_table(f"train-{cfg.side}", {

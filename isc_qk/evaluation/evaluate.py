@@ -55,6 +55,12 @@ class EvalResult:
     # the search alone (no reading, no scoring): what benchmarks compare with a bare matmul
     search_wall_s: float | None = None
     search_cpu_s: float | None = None  # all threads of this process
+    # the scored list itself, for tools that look at single pairs (`inspect`): the retrieved
+    # pairs best first (query = row of the query file), whether each is a ground-truth pair,
+    # and for every ground-truth pair (gt.pairs order) its index in `pairs` or -1
+    pairs: Pairs | None = field(default=None, repr=False)
+    is_positive: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
+    match_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
 
 
 def _searched_rows(query: Descriptors, gt: GroundTruth, all_queries: bool) -> np.ndarray:
@@ -128,7 +134,7 @@ def evaluate(
         pairs = _run_global(xq, reference.vectors, cap, threads, progress)
     search_wall, search_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
 
-    metrics = _score(pairs, rows, query, reference, gt)
+    metrics, pred_q, is_pos, match_index = _score(pairs, rows, query, reference, gt)
     return EvalResult(
         micro_ap=metrics.micro_ap,
         recall_at_p90=metrics.recall_at_p90,
@@ -149,6 +155,9 @@ def evaluate(
         thresholds=metrics.thresholds,
         search_wall_s=search_wall,
         search_cpu_s=search_cpu,
+        pairs=Pairs(pred_q, pairs.reference, pairs.distance),
+        is_positive=is_pos,
+        match_index=match_index,
     )
 
 
@@ -166,8 +175,9 @@ def _run_global(xq: np.ndarray, xb: np.ndarray, cap: int, threads: int | None, p
 
 def _score(
     pairs: Pairs, rows: np.ndarray, query: Descriptors, reference: Descriptors, gt: GroundTruth
-) -> MatchMetrics:
-    """Label the retrieved pairs with integer keys (query row * n_refs + ref row)."""
+) -> tuple[MatchMetrics, np.ndarray, np.ndarray, np.ndarray]:
+    """Label the retrieved pairs with integer keys (query row * n_refs + ref row); returns the
+    metrics, the pairs' query rows, their labels and each ground-truth pair's index (or -1)."""
     nb = len(reference.ids)
     q_row = {q: i for i, q in enumerate(query.ids)}
     r_row = {r: i for i, r in enumerate(reference.ids)}
@@ -188,4 +198,5 @@ def _score(
     match_index = np.where(hit, order[pos] if len(order) else -1, -1)
     is_pos = np.zeros(len(pairs), dtype=bool)
     is_pos[match_index[match_index >= 0]] = True
-    return metrics_from_arrays(pred_q, pairs.scores, is_pos, match_index, gt.n_positives)
+    metrics = metrics_from_arrays(pred_q, pairs.scores, is_pos, match_index, gt.n_positives)
+    return metrics, pred_q, is_pos, match_index.astype(np.int64)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .evaluate import EvalResult
 
 
@@ -25,6 +27,7 @@ def to_json(res: EvalResult, timings: bool = False) -> dict:
         "knn": res.knn,
         "all_queries": res.all_queries,
         "warnings": list(res.warnings),
+        "pr_curve": pr_curve_points(res),
     }
     if timings:
         out["search_seconds"] = {"wall": res.search_wall_s, "cpu": res.search_cpu_s}
@@ -50,3 +53,13 @@ def result_table(res: EvalResult, title: str = "ISC2021 descriptor-track evaluat
     t.add_row("predictions kept", f"{res.n_predictions:,}")
     t.add_row("positives (found)", f"{res.n_positives:,} ({res.n_true_positives:,})")
     return t
+
+
+def pr_curve_points(res: EvalResult) -> dict:
+    """The PR curve at every true positive of the list (where recall steps up), with the score
+    there: enough to find the threshold at ANY precision (`isc-qk match --calibration`), since
+    the largest recall at precision >= p is always reached at a true positive (the FPs that
+    follow one only lower the precision). At most one point per ground-truth pair."""
+    p, r, t = (np.asarray(a, dtype=np.float64) for a in (res.precisions, res.recalls, res.thresholds))
+    step = np.flatnonzero(np.diff(r, prepend=0.0) > 0)
+    return {"precision": p[step].tolist(), "recall": r[step].tolist(), "threshold": t[step].tolist()}

@@ -475,3 +475,169 @@ def knn_pairs(
         dist, ref = faiss.knn(xq, xb, k)
     q = np.repeat(np.arange(len(xq), dtype=np.int64), k)
     return _sorted_pairs(q, ref.ravel().astype(np.int64), dist.ravel())
+
+
+def pairs_within(
+    xq: np.ndarray,
+    xb: np.ndarray,
+    max_distance: float,
+    threads: int | None = None,
+    method: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Pairs:
+    """EVERY pair whose exact score (`exact_distances`) is <= `max_distance`, best first.
+
+    The global search's machinery with a fixed threshold instead of a running one (`isc-qk
+    match`: the pairs above a calibrated threshold): the same first pass with its proven
+    bound, then the exact score of the candidates only, query batch by query batch, so the
+    memory is that of the evaluation plus the pairs kept. Scores are those of `evaluate`,
+    so a threshold read from an evaluation means the same thing here.
+    """
+    xq, xb = _check_inputs(xq, xb)
+    theta = np.float32(max_distance)
+    if not np.isfinite(theta):
+        raise UserError(f"the distance threshold must be a finite number, got {max_distance}")
+    if not len(xq) or not len(xb) or theta < 0:  # squared distances are >= 0
+        return Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    method = resolve_method(method)
+    big = max(float(xq.max()), -float(xq.min()), float(xb.max()), -float(xb.min())) * np.sqrt(xq.shape[1])  # no temporary copy
+    if not big < MAX_NORM:
+        method = "faiss"
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    with faiss_threads(threads):
+        if method == "faiss":
+            # faiss's BLAS distances may differ from the exact score in the last bits: a radius
+            # a little wider, then the exact score decides
+            radius = float(np.nextafter(theta, np.float32(np.inf))) * (1 + 1e-5) + 1e-6
+            xq_norms, xb_norms = norms_sqr(xq), norms_sqr(xb)
+            for i0, i1 in query_batches(len(xq)):
+                lims, _, ref = _range_search(xq[i0:i1], xb, radius)
+                qi = np.repeat(np.arange(i0, i1, dtype=np.int64), np.diff(lims))
+                d = exact_distances(xq, xb, qi, ref, xq_norms, xb_norms)
+                keep = d <= theta
+                parts.append((qi[keep], ref[keep], d[keep]))
+                if on_batch is not None:
+                    on_batch(i1)
+        else:
+            search = _BoundedSearch(xq, xb, 1, method, threads, SearchStats())
+            search.perm = np.arange(len(xq), dtype=np.int64)  # batches in file order
+            try:
+                for i0, i1 in query_batches(len(xq)):
+                    parts.append(search._search(i0, i1, theta))
+                    if on_batch is not None:
+                        on_batch(i1)
+            finally:
+                if search.scanner is not None:
+                    search.scanner.close()
+    q, r, d = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return _sorted_pairs(q, r, d)
+
+
+# The k-th-neighbour bound of `nearest_and_within` comes from a sample of s references: it costs
+# s distances per query, and lets about k N / s candidates per query through the first pass;
+# s ~ SAMPLE_FACTOR sqrt(k N) balances the two (1M references, k = 10: 25,298), within these limits
+SAMPLE_FACTOR = 8
+SAMPLE_MIN, SAMPLE_REFERENCES = 1024, 65536
+NEAREST_BATCH = 4096  # queries per first pass of `nearest_and_within` (bounds the candidates held at once)
+
+
+def nearest_and_within(
+    xq: np.ndarray,
+    xb: np.ndarray,
+    k: int,
+    max_distance: float | None = None,
+    threads: int | None = None,
+    method: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Pairs:
+    """For every query: its k nearest references AND every reference within `max_distance`,
+    exactly (the exact score of `exact_distances`; ties broken by reference row), sorted by
+    (query row, distance, reference row).
+
+    One first pass with per-query thresholds (`isc-qk match`): each query's k-th-neighbour
+    distance is bounded from above by the exact scores of the k best references of a fixed
+    sample of the references (any k distinct references bound it; faiss's kNN over the sample
+    only picks good ones), and the pass keeps every pair within max(that bound, max_distance)
+    (the same proven first pass as the global search), so no neighbour and no pair above the
+    threshold can be missed; the exact scores of the candidates then decide. Memory: the
+    evaluation's, plus the candidates of one query batch.
+    """
+    xq, xb = _check_inputs(xq, xb)
+    theta = np.float32(-np.inf) if max_distance is None else np.float32(max_distance)
+    if max_distance is not None and not np.isfinite(theta):
+        raise UserError(f"the distance threshold must be a finite number, got {max_distance}")
+    k = max(0, min(int(k), len(xb)))
+    empty = Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if not len(xq) or not len(xb) or (k == 0 and theta < 0):
+        return empty
+    method = resolve_method(method)
+    big = max(float(xq.max()), -float(xq.min()), float(xb.max()), -float(xb.min())) * np.sqrt(xq.shape[1])  # no temporary copy
+    if method == "faiss" or not big < MAX_NORM:
+        return _nearest_and_within_faiss(xq, xb, k, theta, threads)
+    xq_norms, xb_norms = norms_sqr(xq), norms_sqr(xb)
+    n_sample = min(SAMPLE_REFERENCES, max(SAMPLE_MIN, int(SAMPLE_FACTOR * np.sqrt(max(k, 1) * len(xb)))))
+    sample = np.arange(len(xb)) if len(xb) <= n_sample else np.sort(
+        np.random.default_rng(0).choice(len(xb), n_sample, replace=False))
+    xs = np.ascontiguousarray(xb[sample])
+    search = _BoundedSearch(xq, xb, 1, method, threads, SearchStats())
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    with faiss_threads(threads):
+        try:
+            for i0 in range(0, len(xq), NEAREST_BATCH):
+                i1 = min(len(xq), i0 + NEAREST_BATCH)
+                tau = np.full(i1 - i0, theta, np.float32)
+                if k:
+                    tau = np.maximum(tau, _kth_bounds(xq, xb, i0, i1, sample, xs, xq_norms, xb_norms, k))
+                local, ri = search._scanner().candidates(xq[i0:i1], tau)
+                qi = local + i0
+                d = exact_distances(xq, xb, qi, ri, xq_norms, xb_norms)
+                keep = d <= tau[local]
+                # this batch's k nearest and pairs within theta, in (query, distance, reference)
+                # order: the batches come in query order, so their concatenation is sorted too
+                parts.append(_keep_nearest_and_within([(qi[keep], ri[keep], d[keep])], k, theta))
+                if on_batch is not None:
+                    on_batch(i1)
+        finally:
+            if search.scanner is not None:
+                search.scanner.close()
+    if not parts:
+        return Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    return Pairs(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("query", "reference", "distance")))
+
+
+def _kth_bounds(xq, xb, i0, i1, sample, xs, xq_norms, xb_norms, k: int) -> np.ndarray:
+    """Per query of xq[i0:i1]: the largest exact score among the k sample references nearest
+    by faiss's kNN, an upper bound of its k-th-neighbour distance over ALL references."""
+    import faiss
+
+    _, best = faiss.knn(xq[i0:i1], xs, k)
+    rows = np.repeat(np.arange(i0, i1, dtype=np.int64), k)
+    d = exact_distances(xq, xb, rows, sample[best].ravel(), xq_norms, xb_norms)
+    return d.reshape(i1 - i0, k).max(axis=1)
+
+
+def _keep_nearest_and_within(parts, k: int, theta: np.float32) -> Pairs:
+    if not parts:
+        return Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    q, r, d = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    order = np.lexsort((r, d, q))
+    q, r, d = q[order], r[order], d[order]
+    starts = np.r_[0, np.flatnonzero(q[1:] != q[:-1]) + 1] if len(q) else np.zeros(0, np.int64)
+    rank = np.arange(len(q)) - np.repeat(starts, np.diff(np.r_[starts, len(q)]))
+    keep = (rank < k) | (d <= theta)
+    return Pairs(q[keep].astype(np.int64), r[keep].astype(np.int64), d[keep].astype(np.float32))
+
+
+def _nearest_and_within_faiss(xq, xb, k: int, theta: np.float32, threads: int | None) -> Pairs:
+    """The faiss path (huge norms, or ISC_QK_SEARCH=faiss): faiss's kNN and range search, then
+    the exact score (faiss's BLAS distances can differ from it in the last bits)."""
+    parts = []
+    if k:
+        near = knn_pairs(xq, xb, k, threads=threads)
+        parts.append((near.query, near.reference, exact_distances(xq, xb, near.query, near.reference)))
+    if theta >= 0:
+        within = pairs_within(xq, xb, float(theta), threads=threads, method="faiss")
+        parts.append((within.query, within.reference, within.distance))
+    q, r, d = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    _, first = np.unique(q * len(xb) + r, return_index=True)
+    return _keep_nearest_and_within([(q[first], r[first], d[first])], k, theta)

@@ -12,7 +12,8 @@ Shared with the ISC2021 tools:
 The tool's own:
 
 * `feature_table` - ``PREFIX.npy`` (float16, memory-mapped) + ``PREFIX.ids.txt``;
-* `manifest` - the augmentation manifest ``query_id,source_id,ops``;
+* `manifest` - the augmentation manifest ``query_id,source_id,ops``; `matches` - the
+  ``query_id,reference_id,score,...`` CSV of `isc-qk match`;
 * `pca` - fitted PCAs (``.npz`` + ``.json``); `normalizer` - ``norm.npz``;
 * `checkpoint` - training checkpoints; `losses` - ``losses.csv``; `results` - the results table;
 * `atomic` - temp-file-then-rename writes (room reserved), JSON; `npy` - ``.npy`` files

@@ -85,12 +85,18 @@ class Data:
 
 
 class Pipeline:
-    def __init__(self, data: str | os.PathLike, work: str | os.PathLike, cfg: PipelineConfig, progress: bool = True):
+    def __init__(self, data: str | os.PathLike, work: str | os.PathLike, cfg: PipelineConfig, progress: bool = True,
+                 tensorboard: str | os.PathLike | None = None):
         from ..models.qk_model import check_model_config
 
         cfg.validate()
         check_model_config(cfg.model)
         self.data, self.work, self.cfg, self.progress = Data(Path(data)), Path(work), cfg, progress
+        self.tensorboard = Path(tensorboard) if tensorboard is not None else None  # one sub-folder per phase
+        if self.tensorboard is not None:
+            from ..qk.tensorboard import check_logdir
+
+            check_logdir(self.tensorboard, {"--data": self.data.root})
         self.artifact = Artifact(self.work, "pipeline", layout="folder", stage="pipeline")
         self.gt = read_ground_truth(self.data.gt_path)
         self.results: Results | None = None  # read once the work folder is known to be this pipeline's
@@ -118,6 +124,10 @@ class Pipeline:
 
     def _train_cfg(self, side: str, negatives: str = "table", passes: float | None = None) -> TrainConfig:
         return self.cfg.phase_train(side, negatives, passes)
+
+    def _tb(self, run: str) -> Path | None:
+        """TensorBoard folder of one training run (a phase, or the in-batch model)."""
+        return None if self.tensorboard is None else self.tensorboard / run
 
     # ------------------------------------------------------------------ stages
     def start_folder(self, name: str) -> Path:
@@ -150,11 +160,9 @@ class Pipeline:
     def table(self, model: Path, side: str, images: Path) -> Path:
         """Feature table of `images` by `model`'s `side` backbone, shared by every stage that needs
         it; a frozen backbone's tables are named by its fingerprint, so all phases share them."""
-        from ..models.qk_model import QKModel
-        from ..qk.precompute import frozen_table, precompute
+        from ..qk.precompute import phase_table, precompute
 
-        m = QKModel.load(model) if self.frozen else None
-        prefix = frozen_table(m, side, images, self.feats) if m is not None else self.feats / f"{model.name}.{side}.{images.name}"
+        prefix = phase_table(model, side, images, self.feats)
         precompute(model, side, images, prefix, workers=self.cfg.workers, progress=self.progress)
         return prefix
 
@@ -253,7 +261,7 @@ class Pipeline:
         t0 = time.time()
         out = self.work / "models" / "inbatch"
         train(start, self.data.train, aug, out, self._train_cfg("q", "batch", passes=passes), progress=self.progress,
-              feature_cache=self.feats)
+              feature_cache=self.feats, tensorboard=self._tb("inbatch"))
         q, r = self.describe_pair(out, "inbatch")
         self._evaluate(self.inbatch, "-", q, r, passes, t0)
 
@@ -315,11 +323,12 @@ class Pipeline:
             out = self.work / "models" / phase
             if phase.startswith("Q"):  # keys: frozen K backbone features of the training images
                 keys = self.table(current, "k", self.data.train)
-                train(current, keys, aug, out, self._train_cfg("q"), progress=self.progress, feature_cache=self.feats)
+                train(current, keys, aug, out, self._train_cfg("q"), progress=self.progress, feature_cache=self.feats,
+                      tensorboard=self._tb(phase))
             else:  # queries: frozen Q backbone features of the augmented images
                 queries = self.table(current, "q", aug)
                 train(current, self.data.train, queries, out, self._train_cfg("k"), progress=self.progress,
-                      feature_cache=self.feats)
+                      feature_cache=self.feats, tensorboard=self._tb(phase))
             current, passes = out, passes + self.cfg.epochs_per_phase
             if not self.results.get(self.qk, phase):
                 q, r = self.describe_pair(current, phase)
@@ -327,6 +336,8 @@ class Pipeline:
         return current, passes
 
 
-def run_pipeline(data: str | os.PathLike, work: str | os.PathLike, cfg: PipelineConfig, progress: bool = True) -> Results:
-    """Run (or resume) the whole schedule; returns the results table."""
-    return Pipeline(data, work, cfg, progress).run()
+def run_pipeline(data: str | os.PathLike, work: str | os.PathLike, cfg: PipelineConfig, progress: bool = True,
+                 tensorboard: str | os.PathLike | None = None) -> Results:
+    """Run (or resume) the whole schedule; returns the results table. `tensorboard`: a folder
+    for TensorBoard event files, one sub-folder per training run (Q1, K1, ..., inbatch)."""
+    return Pipeline(data, work, cfg, progress, tensorboard).run()

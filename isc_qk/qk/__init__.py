@@ -5,5 +5,6 @@
   model inputs for a batch of images; `forward` - a side applied to batches (head inputs,
   descriptors); `start_cache` - residual-start vectors, once;
 * `precompute` - frozen-side feature tables; `describe` - per-set descriptors;
-* `train` - train-q / train-k / in-batch; `steps` - one step; `distribute` - tf.distribute.
+* `train` - train-q / train-k / in-batch; `steps` - one step; `distribute` - tf.distribute;
+  `tensorboard` - the training log where Keras users look (``--tensorboard DIR``).
 """

@@ -83,6 +83,18 @@ def frozen_table(model, side: str, images: Path, cache: Path) -> Path:
     return Path(cache) / f"frozen-{model.backbone_fingerprint(side)}.{side}.{Path(images).name}"
 
 
+def phase_table(model_dir: str | os.PathLike, side: str, images: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Where a phase keeps `side`'s table of an image folder (`pipeline`, `api.run_phase`): a
+    frozen backbone's by its fingerprint (`frozen_table`: one table for every phase and model
+    with that backbone), a trainable one's by the model folder's name."""
+    from ..models.qk_model import QKModel
+
+    model = QKModel.load(model_dir)
+    if model.frozen:
+        return frozen_table(model, side, Path(images), Path(folder))
+    return Path(folder) / f"{Path(model_dir).name}.{side}.{Path(images).name}"
+
+
 def precompute(
     model_dir: str | os.PathLike,
     side: str,

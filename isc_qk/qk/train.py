@@ -108,6 +108,7 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     strategy=None,
     feature_cache: str | os.PathLike | None = None,
+    tensorboard: str | os.PathLike | None = None,
 ) -> TrainReport:
     """Run one training stage from `model_dir` into `out_dir` (resuming if it was interrupted).
 
@@ -121,8 +122,13 @@ def train(
     each batch across its replicas with the single-device loss (`qk.distribute`).
     `feature_cache`: where a frozen (ONNX) backbone's feature tables of the trainable images are
     kept (default OUT/cache); the pipeline shares one folder, so every phase reuses them.
+    `tensorboard`: a folder for TensorBoard event files of every step (`qk.tensorboard`), beside
+    losses.csv; not part of the record (logging does not change the run).
     """
+    from .tensorboard import check_logdir
+
     cfg.validate()
+    check_logdir(tensorboard, {"--model": model_dir, "--keys": keys, "--queries": queries})
     t0 = time.perf_counter()
     out = Path(out_dir)
     manifest = Path(manifest) if manifest else default_manifest(queries)
@@ -136,7 +142,7 @@ def train(
             return _done_report(state.report, out, art)
         cache = Path(feature_cache) if feature_cache is not None else out / CACHE_DIR
         run = _prepare(model_dir, keys, queries, manifest, out, cfg, progress, strategy, cache)
-        losses, stats, resumed_from, step_seconds = _run_steps(run, progress, on_step)
+        losses, stats, resumed_from, step_seconds = _run_steps(run, progress, on_step, tensorboard)
         report = _finish(run, losses, stats, resumed_from, time.perf_counter() - t0, step_seconds)
         art.finish(report.summary())
     shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
@@ -304,7 +310,7 @@ def lr_schedule(cfg: TrainConfig, total: int):
                                                   warmup_target=cfg.lr, warmup_steps=warm)
 
 
-def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[dict], int, float]:
+def _run_steps(run: _Run, progress: bool, on_step, tensorboard=None) -> tuple[list[float], list[dict], int, float]:
     """The step loop from the checkpoint (if any) to the end; Ctrl-C saves a checkpoint first."""
     import keras
     import tensorflow as tf
@@ -312,6 +318,7 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
     from .distribute import DistributedStepper, is_default
     from ..stages.runner import decode_pool, one_ahead
     from .steps import Stepper, batch_loader, trainable_variables
+    from .tensorboard import TrainLog
 
     cfg, model, out = run.cfg, run.model, run.out
     variables = trainable_variables(model, cfg)
@@ -337,6 +344,7 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
         return max(resumed_from, (at // cfg.checkpoint_every) * cfg.checkpoint_every)
 
     t0, in_update = time.perf_counter(), False
+    tb = TrainLog(tensorboard)
     try:
         with ticker(progress, run.total, f"train-{cfg.side} ({cfg.negatives})") as tick, \
                 closing(one_ahead(inputs_of(s) for s in range(step, run.total))) as batches:
@@ -354,6 +362,7 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
                 losses.append(loss_f)
                 stats_log.append({k: v for k, v in stats.items() if k != "loss"})
                 in_update = False
+                tb.step(step, loss_f, stats, float(schedule(step - 1)))
                 tick(1)
                 if step % cfg.checkpoint_every == 0 and step < run.total:
                     checkpoint(step)
@@ -365,6 +374,7 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
         raise
     finally:
         pool.shutdown(wait=True)
+        tb.close()
     return losses, stats_log, resumed_from, time.perf_counter() - t0
 
 
