@@ -106,6 +106,14 @@ def _register_train_command(side: str, doc: str, keys_help: str, queries_help: s
         checkpoint_every: int = typer.Option(d("checkpoint_every"), "--checkpoint-every", help="Steps between checkpoints."),
         seed: int = typer.Option(d("seed"), "--seed", help="Data-order seed."),
         chunk: int = typer.Option(d("chunk"), "--chunk", help="Table rows per head pass when mining negatives."),
+        train_other_head: bool = typer.Option(
+            d("train_other_head"), "--train-other-head/--no-train-other-head",
+            help="Also train the other side's head (the paper). Without it, the other side is constant: its "
+                 "descriptors of every table row are computed once and mined on the device (the SSCD recipe)."),
+        table_device: str = typer.Option(
+            d("table_device"), "--table-device",
+            help="Where cached descriptors live while mining: auto (resident on the model's device when they "
+                 "fit), device, or host (streamed each step)."),
         workers: int = typer.Option(d("workers"), "--workers", help="Image-decoding threads."),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         distribute: str = typer.Option(
@@ -115,7 +123,8 @@ def _register_train_command(side: str, doc: str, keys_help: str, queries_help: s
     ) -> None:
         cfg = TrainConfig(side=side, negatives=negatives, loss=LossConfig(tau=tau, m=m, w_pos=w_pos, w_neg=w_neg),
                           batch_size=batch, lr=lr, lr_alpha=lr_alpha, warmup=warmup, epochs=epochs, steps=steps,
-                          checkpoint_every=checkpoint_every, seed=seed, chunk=chunk, workers=workers)
+                          checkpoint_every=checkpoint_every, seed=seed, chunk=chunk, workers=workers,
+                          train_other_head=train_other_head, table_device=table_device)
         _train(cfg, model, keys, queries, out, manifest, progress, distribute)
 
     command.__doc__ = doc
@@ -135,7 +144,7 @@ def _train(cfg: TrainConfig, model, keys, queries, out, manifest, progress: bool
         "model": rep.out_dir, "negatives": rep.negatives, "steps": rep.steps, "batch": rep.batch_size,
         "pairs (rows)": rep.items, "table rows": rep.table_rows, "resumed from step": rep.resumed_from,
         "loss, first 5 steps": rep.first_loss, "loss, last 5 steps": rep.last_loss,
-        "s / step": rep.seconds_per_step, "seconds": rep.seconds, "replicas": rep.replicas,
+        "s / step": rep.seconds_per_step, "seconds": rep.seconds, "replicas": rep.replicas, "mining": rep.mining,
     })
 
 
@@ -144,14 +153,14 @@ _register_train_command(
     """Train Q backbone, Q head and K head; each step pushes B queries against ALL keys of the
     table (K head over the precomputed K features). Re-run the same command to resume.""",
     keys_help="K feature table prefix (precompute --side k); an image folder with --negatives batch.",
-    queries_help="Augmented images folder with manifest.csv.",
+    queries_help="Augmented images folder with manifest.csv (a frozen backbone: or its Q feature table).",
     model_help="Starting QK model folder.",
 )
 _register_train_command(
     "k",
     """Train K backbone, K head and Q head; each step pushes B keys against ALL queries of the
     table (Q head over the precomputed Q features). Re-run the same command to resume.""",
-    keys_help="Training images folder (the keys).",
+    keys_help="Training images folder (the keys; a frozen backbone: or its K feature table).",
     queries_help="Q feature table prefix (precompute --side q on the augmented images); the augmented folder with --negatives batch.",
     model_help="Starting QK model folder (usually train-q's output).",
 )

@@ -53,8 +53,24 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def manifest_sources(path: str | os.PathLike) -> dict[str, str]:
-    """query_id -> source_id of every row (a non-empty manifest is required)."""
-    rows = read_manifest(path)
-    if not rows:
+    """query_id -> source_id of every row (a non-empty manifest is required).
+
+    Streams the rows (the same rules as `read_manifest`): DISC21 with 8 copies has 8M rows,
+    and a list of 8M row dicts would take GBs for a moment."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: augmentation manifest not found (run `isc-qk augment` first)")
+    sources: dict[str, str] = {}
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.reader(fh)
+            if tuple(next(reader, ())) != MANIFEST_FIELDS:
+                raise UserError(f"{path}: expected header {','.join(MANIFEST_FIELDS)}")
+            for row in reader:
+                if len(row) >= len(MANIFEST_FIELDS) and row[0]:  # a truncated last line is dropped
+                    sources[row[0]] = row[1]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: not an augmentation manifest ({type(e).__name__})") from None
+    if not sources:
         raise UserError(f"{path}: the augmentation manifest has no rows")
-    return {r["query_id"]: r["source_id"] for r in rows}
+    return sources
