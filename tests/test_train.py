@@ -192,6 +192,37 @@ def test_a_frozen_other_head_mines_its_cached_descriptors_like_the_uncached_path
                                                  f"{side}_head": True, other: False}
 
 
+def test_train_k_rows_are_keys_positives_their_copies_negatives_every_other_copy(world):
+    """What the K phase uses: batch rows are the training KEYS (those with a copy in the table),
+    the table is the Q features of EVERY edited copy, a key's positives are all its copies, and
+    its negatives are mined over every other copy in the table, of any other key."""
+    import tensorflow as tf
+
+    from isc_qk.formats.feature_table import open_feature_table
+    from isc_qk.formats.manifest import manifest_sources
+    from isc_qk.models.qk_model import QKModel
+    from isc_qk.qk.data import build_train_data
+    from isc_qk.qk.mining import KeyTable
+
+    data = build_train_data("k", "table", world.keys, world.root / "qfeats_fast")
+    qids, qtable = open_feature_table(world.root / "qfeats_fast")
+    source = manifest_sources(world.aug / "manifest.csv")
+    assert [f.id for f in data.items] == world.key_ids and data.table.shape[0] == len(qids) == N_KEYS * COPIES
+    for item, pos in zip(data.items, data.positives):
+        assert sorted(qids[j] for j in pos) == sorted(q for q, s in source.items() if s == item.id)
+        assert len(pos) == COPIES
+    model = QKModel.load(world.fast)
+    table = KeyTable(model.q_head(tf.cast(np.asarray(qtable), tf.float32)).numpy())
+    rows = np.arange(8)
+    pairs = data.positive_pairs(rows)
+    kids, ktable = open_feature_table(world.root / "kfeats_fast")
+    x = model.k_head(tf.cast(np.asarray(ktable)[[kids.index(data.items[r].id) for r in rows]], tf.float32))
+    every = len(rows) * len(qids) - len(pairs)
+    neg, _ = table.mine(x, pairs, every)  # n = every non-positive pair
+    want = {(r, t) for r in range(len(rows)) for t in range(len(qids)) if source[qids[t]] != data.items[rows[r]].id}
+    assert {tuple(p) for p in neg} == want and len(neg) == every
+
+
 def test_cached_run_resumes_exactly_after_a_crash(world, tmp_path):
     from isc_qk.qk.train import train
 
