@@ -36,7 +36,7 @@ from ..ui import ticker
 from .mining import read_rows
 
 KIND = "qk-cached-side"
-CHUNK = 32768  # feature rows per head pass (and the resume granularity)
+CHUNK = 8192  # feature rows per head pass (and the resume granularity): small blocks, little heap left behind
 DTYPE = "float32"
 
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 DEFAULT_CHUNK = 65536
 #: Rows per host-to-device transfer when the table is not resident (``table_device="host"``).
 HOST_BLOCK = 262144
+NORM_BLOCK = 16384  # rows per |k|^2 pass and per copy into the resident array (small blocks: little heap kept)
 ALIGN = 64  # TensorFlow's tensor alignment (EIGEN_MAX_ALIGN_BYTES with AVX-512)
 #: "auto" keeps the table resident on a CPU when it takes at most this share of MemAvailable.
 RESIDENT_SHARE = 0.8
@@ -78,7 +79,7 @@ def read_rows(table: np.ndarray, start: int, stop: int) -> np.ndarray:
     return np.asarray(table[start:stop])
 
 
-def load_aligned(table: np.ndarray, block: int = 65536) -> np.ndarray:
+def load_aligned(table: np.ndarray, block: int = NORM_BLOCK) -> np.ndarray:
     """The whole table copied into one aligned in-memory float32 array, block by block."""
     out = aligned_empty(table.shape, np.float32)
     for s in range(0, table.shape[0], block):
@@ -186,6 +187,7 @@ class KeyTable:
         self.nbytes = self.n * self.dim * 4
         self.host = rows
         self.table = None  # the resident tensor
+        self.array = None  # on a CPU: the aligned host array the resident tensor aliases (no copy)
         gpu = "GPU" in self.device.upper()
         if where == "device" or (where == "auto" and (gpu or self.nbytes <= RESIDENT_SHARE * _mem_available())):
             try:
@@ -208,12 +210,13 @@ class KeyTable:
         with tf.device("/CPU:0"):
             try:  # zero-copy: the tensor owns the aligned array through the DLPack capsule
                 t = tf.experimental.dlpack.from_dlpack(arr.__dlpack__())
+                aliased = True
             except Exception:  # an older TensorFlow or NumPy: one copy
-                t = tf.convert_to_tensor(arr)
-        del arr
+                t, aliased = tf.convert_to_tensor(arr), False
         if gpu:
             with tf.device(self.device):
-                t = tf.identity(t)
+                return tf.identity(t)
+        self.array = arr if aliased else None
         return t
 
     def _squared_norms(self):
@@ -221,11 +224,11 @@ class KeyTable:
         import tensorflow as tf
 
         norms = tf.function(lambda x: tf.reduce_sum(tf.square(x), axis=1), reduce_retracing=True)
+        step = NORM_BLOCK
         if self.table is not None:
-            return tf.concat([norms(self.table[s : s + self.block]) for s in range(0, self.n, self.block)] or
-                             [tf.zeros([0])], axis=0)
-        return np.concatenate([norms(tf.constant(read_rows(self.host, s, s + self.block))).numpy()
-                               for s in range(0, self.n, self.block)] or [np.zeros(0, np.float32)])
+            return tf.concat([norms(self.table[s : s + step]) for s in range(0, self.n, step)] or [tf.zeros([0])], axis=0)
+        return np.concatenate([norms(tf.constant(read_rows(self.host, s, s + step))).numpy()
+                               for s in range(0, self.n, step)] or [np.zeros(0, np.float32)])
 
     # ------------------------------------------------------------------ mining
     def mine(self, q, pairs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
