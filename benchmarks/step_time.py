@@ -9,6 +9,8 @@ fresh subprocess:
   "cache build"), mined on the device (`qk.mining.KeyTable`), loss + gradients of the
   trainable head. Alternates with the FLOOR in the same process: the bare B x 256 x T float32
   distance matmul over the same cached table (NumPy, as in the issue; TensorFlow's too).
+* ``cached-fp32``: the same with ``--first-pass none`` (the float32 pass alone), where
+  ``cached`` (``--first-pass auto``) uses the exact int8 first pass (`qk.first_pass`).
 * ``old``: the path before (`qk.loss.qk_loss`): the frozen head re-run over the whole 768-wide
   table every step. Alternates with the same floor (its own float32 T x 256 table).
 * peak memory of the steps alone (VmHWM reset before each step, read after it).
@@ -139,18 +141,26 @@ def run_sscd_point(method: str, n: int, args) -> dict:
         k_head, q_head = sscd_head(1), sscd_head(2)
         variables = q_head.trainable_variables
         info: dict = {}
-        if method == "cached":
+        release = None
+        if method.startswith("cached"):
             write_ids(tmp / "feats.ids.txt", [str(i) for i in range(n)])
             t0 = time.perf_counter()
             prefix = cached_side(k_head, "k", table, tmp / "feats", tmp / "cache", progress=False)
             info["cache_build_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            keys = KeyTable(open_cached_side(prefix), args.table_device)
+            first = {"cached": args.first_pass, "cached-fp32": "none", "cached-int8": "int8"}[method]
+            keys = KeyTable(open_cached_side(prefix), args.table_device, first_pass=first)
             info["table_load_s"] = time.perf_counter() - t0
             info["placement"] = keys.describe()
             for p in tmp.glob("feats.*"):
                 p.unlink()  # the wide table is not needed while training: the cache replaces it
-            floor_table = keys.array if keys.array is not None else np.asarray(open_cached_side(prefix))
+            if keys.array is not None:
+                floor_table = keys.array
+            else:  # the cache file, its pages released after each floor (they are not the step's memory)
+                import mmap
+
+                floor_table = open_cached_side(prefix)
+                release = lambda: floor_table._mmap.madvise(mmap.MADV_DONTNEED)  # noqa: E731
 
             def step():
                 with tf.GradientTape() as tape:
@@ -176,7 +186,10 @@ def run_sscd_point(method: str, n: int, args) -> dict:
             out = np.empty((b, n), np.float32)
             t0 = time.perf_counter()
             np.matmul(qd, floor_table.T, out=out)
-            return time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            if release:
+                release()
+            return dt
 
         def floor_tf() -> float:
             t0 = time.perf_counter()
@@ -210,6 +223,8 @@ def run_sscd_point(method: str, n: int, args) -> dict:
             "table_gb": table.nbytes / 1e9 if method == "old" else cached_gb, "cached_table_gb": cached_gb,
             "rss_before_gb": rss_before * 1024 / 1e9, "peak_gb": max(peaks) * 1024 / 1e9,
             "extra_gb": (max(peaks) - rss_before) * 1024 / 1e9, **info,
+            **({"first_pass_rows": keys.first.last.get("rows"), "first_pass_prepare_s": keys.first.prepare_s}
+               if method.startswith("cached") and keys.first is not None else {}),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -368,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--methods", default=None, help="lite0: floor,ours,naive (default); sscd: cached,old (default)")
     p.add_argument("--table-device", default="auto", help="sscd: where the cached table lives (auto|device|host)")
+    p.add_argument("--first-pass", default="auto", help="sscd, method cached: auto|int8|none (cached-fp32 and "
+                                                       "cached-int8 force one)")
     p.add_argument("--tmp", default="/tmp", help="sscd: folder for the temporary tables (removed after each point)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--m", type=int, default=10)
@@ -386,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         "--batch", str(args.batch), "--m", str(args.m), "--backbone", args.backbone,
         "--chunk", str(args.chunk), "--steps", str(args.steps), "--budget-s", str(args.budget_s),
         "--sweep-chunks", args.sweep_chunks, "--shape", args.shape, "--table-device", args.table_device,
+        "--first-pass", args.first_pass,
         "--tmp", args.tmp,
     ]  # fmt: skip
 
@@ -470,7 +488,7 @@ def _main_sscd(args, sizes: list[int], console) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    methods = (args.methods or "cached,old").split(",")
+    methods = (args.methods or "cached,cached-fp32,old").split(",")
     results = []
     for n in sizes:
         for method in methods:
@@ -486,13 +504,13 @@ def _main_sscd(args, sizes: list[int], console) -> None:
         if "s_per_step" not in r:
             table.add_row(r["method"], f"{r['T']:,}", r.get("error", "?"), *[""] * 9)
             continue
-        old, new = by.get(("old", r["T"])), by.get(("cached", r["T"]))
-        speed = f"{old['s_per_step'] / new['s_per_step']:.1f}x" if old and new and r["method"] == "cached" else ""
+        old = by.get(("old", r["T"]))
+        speed = f"{old['s_per_step'] / r['s_per_step']:.1f}x" if old and r["method"] != "old" else ""
         table.add_row(
             r["method"], f"{r['T']:,}", f"{r['s_per_step']:.3f}", f"{r['mine_s']:.3f}", f"{r['floor_s']:.3f}",
             f"{r['vs_floor']:.2f}x", f"{r['tf_floor_s']:.3f}" if r.get("tf_floor_s") else "", speed,
-            f"{r['peak_gb']:.2f}", f"{r['cached_table_gb']:.2f}" if r["method"] == "cached" else "",
-            f"{r['peak_gb'] - r['cached_table_gb']:.2f}" if r["method"] == "cached" else "",
+            f"{r['peak_gb']:.2f}", f"{r['cached_table_gb']:.2f}" if r["method"] != "old" else "",
+            f"{r['peak_gb'] - r['cached_table_gb']:.2f}" if r["method"] != "old" else "",
             f"{r['cache_build_s']:.1f}" if r.get("cache_build_s") is not None else "",
         )
     Console(width=160).print(table)

@@ -146,6 +146,56 @@ def test_bad_arguments():
         cached_qk_loss(tf.zeros((2, 4)), table, np.array([[0, 3]]), LossConfig(m=1))
 
 
+# ----------------------------------------------------------------------------- the int8 first pass
+needs_int8 = pytest.mark.skipif(
+    not __import__("isc_qk.qk.first_pass", fromlist=["int8_available"]).int8_available(DIM),
+    reason="no int8 dot-product instructions or onnxruntime here")
+
+
+@needs_int8
+@pytest.mark.parametrize("problem", ["ties", "random"])
+def test_int8_first_pass_selects_exactly_what_the_float32_pass_selects(problem, tmp_path, monkeypatch):
+    """Same pairs and the same d2, bit for bit, as the float32 device pass: on integer-valued
+    descriptors with ties, duplicates and a zero distance, and on clustered float descriptors;
+    from a memory-mapped cache; and when tau is too small (the proven retry)."""
+    import isc_qk.qk.first_pass as fp
+
+    rng = np.random.default_rng(4)
+    if problem == "ties":
+        q, keys, pairs = _tie_problem(2, n_table=3000)
+    else:
+        centres = rng.normal(size=(40, DIM))
+        keys = (centres[rng.integers(0, 40, 5000)] + rng.normal(scale=0.3, size=(5000, DIM))).astype(np.float32)
+        keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+        q = (keys[:8] + rng.normal(scale=0.1, size=(8, DIM))).astype(np.float32)
+        pairs = np.stack([np.repeat(np.arange(8), 2), np.concatenate([[i, i + 8] for i in range(8)])], 1)
+    np.save(tmp_path / "k.npy", keys)
+    mm = np.load(tmp_path / "k.npy", mmap_mode="r")
+    exact = KeyTable(keys, "device", chunk=1000, first_pass="none")
+    fast = KeyTable(mm, "auto", first_pass="int8")
+    assert fast.placement == "host, int8 first pass" and fast.first is not None
+    for n in (1, 40, 200):
+        want, want_d2 = exact.mine(tf.constant(q), pairs, n)
+        got, got_d2 = fast.mine(tf.constant(q), pairs, n)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_d2, want_d2)
+        assert fast.first.last["retries"] == 0 and fast.first.last["rows"] < len(keys)  # it really pruned
+    monkeypatch.setattr(fp.Int8FirstPass, "_tau", lambda self, q, pairs, n: 0.0)  # far too small a threshold
+    got, got_d2 = fast.mine(tf.constant(q), pairs, 40)
+    np.testing.assert_array_equal(got, exact.mine(tf.constant(q), pairs, 40)[0])
+    assert fast.first.last["retries"] == 1
+    np.testing.assert_array_equal(fast.rows(np.array([3, 7])).numpy(), keys[[3, 7]])
+    fast.close()
+
+
+def test_first_pass_choice():
+    keys = np.zeros((100, DIM), np.float32)
+    assert KeyTable(keys, first_pass="auto").first is None  # small tables: the float32 pass alone
+    assert KeyTable(keys, first_pass="none").first is None
+    with pytest.raises(UserError, match="--first-pass must be one of"):
+        KeyTable(keys, first_pass="fp16")
+
+
 # ----------------------------------------------------------------------------- host arrays
 def test_aligned_arrays_and_file_reads(tmp_path):
     a = aligned_empty((5, 3))

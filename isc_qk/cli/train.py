@@ -114,6 +114,10 @@ def _register_train_command(side: str, doc: str, keys_help: str, queries_help: s
             d("table_device"), "--table-device",
             help="Where cached descriptors live while mining: auto (resident on the model's device when they "
                  "fit), device, or host (streamed each step)."),
+        first_pass: str = typer.Option(
+            d("first_pass"), "--first-pass",
+            help="Cached descriptors: auto (an exact int8 first pass on a CPU with int8 dot products, tables of "
+                 ">= 262,144 rows), int8, or none (the float32 pass alone). Same pairs either way."),
         workers: int = typer.Option(d("workers"), "--workers", help="Image-decoding threads."),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         distribute: str = typer.Option(
@@ -124,7 +128,7 @@ def _register_train_command(side: str, doc: str, keys_help: str, queries_help: s
         cfg = TrainConfig(side=side, negatives=negatives, loss=LossConfig(tau=tau, m=m, w_pos=w_pos, w_neg=w_neg),
                           batch_size=batch, lr=lr, lr_alpha=lr_alpha, warmup=warmup, epochs=epochs, steps=steps,
                           checkpoint_every=checkpoint_every, seed=seed, chunk=chunk, workers=workers,
-                          train_other_head=train_other_head, table_device=table_device)
+                          train_other_head=train_other_head, table_device=table_device, first_pass=first_pass)
         _train(cfg, model, keys, queries, out, manifest, progress, distribute)
 
     command.__doc__ = doc

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..configs import TABLE_DEVICES
+from ..configs import FIRST_PASSES, TABLE_DEVICES
 from ..errors import UserError
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ DEFAULT_CHUNK = 65536
 #: Rows per host-to-device transfer when the table is not resident (``table_device="host"``).
 HOST_BLOCK = 262144
 NORM_BLOCK = 16384  # rows per |k|^2 pass and per copy into the resident array (small blocks: little heap kept)
+MIN_COLS = 64  # the distance matmul never runs on fewer table rows (see _neg_d2)
 ALIGN = 64  # TensorFlow's tensor alignment (EIGEN_MAX_ALIGN_BYTES with AVX-512)
 #: "auto" keeps the table resident on a CPU when it takes at most this share of MemAvailable.
 RESIDENT_SHARE = 0.8
@@ -108,10 +109,17 @@ def model_device() -> str:
 # ----------------------------------------------------------------------------- the kernels
 def _neg_d2(q2, qq, keys, kk):
     """-d2 of a (B, c) block: min(2 q.k - |k|^2 - |q|^2, 0), i.e. -max((|k|^2 - 2 q.k) + |q|^2, 0)
-    bit for bit (negation is exact), the largest first for top_k."""
+    bit for bit (negation is exact), the largest first for top_k.
+
+    A block narrower than `MIN_COLS` rows is padded: measured on this CPU, a one-column matmul
+    (a matrix-vector kernel) rounds some q.k differently from the same row inside a wider
+    block, and a pair's d2 must not depend on the block it was computed in."""
     import tensorflow as tf
 
-    mm2 = tf.matmul(q2, keys, transpose_b=True)
+    c = tf.shape(keys)[0]
+    mm2 = tf.cond(c < MIN_COLS,
+                  lambda: tf.matmul(q2, tf.pad(keys, [[0, MIN_COLS - c], [0, 0]]), transpose_b=True)[:, :c],
+                  lambda: tf.matmul(q2, keys, transpose_b=True))
     return tf.minimum(tf.nn.bias_add(mm2, -kk) - qq, 0.0)
 
 
@@ -164,6 +172,26 @@ def _functions(chunk: int):
     return _FUNCTIONS[chunk]
 
 
+def _recheck_functions():
+    """(recheck, select): the same distance kernel over an arbitrary set of table rows `cols`
+    (the int8 first pass's candidates), then the same selection."""
+    if "recheck" in _FUNCTIONS:
+        return _FUNCTIONS["recheck"]
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def recheck(q, keys, kk, cols, k, total):
+        qq = tf.reduce_sum(tf.square(q), axis=1, keepdims=True)
+        nd2 = _neg_d2(q + q, qq, keys, kk)
+        c = tf.shape(keys)[0]
+        vals, idx = tf.math.top_k(tf.reshape(nd2, [-1]), k=tf.minimum(k, tf.size(nd2)), sorted=False)
+        flat = tf.cast(idx // c, tf.int64) * total + tf.gather(cols, idx % c)
+        return tf.where(vals < 0.0, -vals, tf.zeros_like(vals)), flat
+
+    _FUNCTIONS["recheck"] = (recheck, _functions(DEFAULT_CHUNK)[1])
+    return _FUNCTIONS["recheck"]
+
+
 # ----------------------------------------------------------------------------- the table
 class KeyTable:
     """The other side's descriptors of every table row (T, D), constant during a phase, placed
@@ -174,21 +202,33 @@ class KeyTable:
     """
 
     def __init__(self, rows: np.ndarray, where: str = "auto", chunk: int = DEFAULT_CHUNK,
-                 block: int = HOST_BLOCK, device: str | None = None) -> None:
+                 block: int = HOST_BLOCK, device: str | None = None, first_pass: str = "auto") -> None:
         import tensorflow as tf
 
         if where not in TABLE_DEVICES:
             raise UserError(f"--table-device must be one of {', '.join(TABLE_DEVICES)}, not {where!r}")
+        if first_pass not in FIRST_PASSES:
+            raise UserError(f"--first-pass must be one of {', '.join(FIRST_PASSES)}, not {first_pass!r}")
         if rows.ndim != 2 or rows.dtype != np.float32:
             raise ValueError(f"cached descriptors must be a 2-D float32 array, got {rows.dtype} {rows.shape}")
         self.n, self.dim = int(rows.shape[0]), int(rows.shape[1])
-        self.chunk, self.block = max(1, int(chunk)), max(1, int(block))
+        self.chunk = max(1, int(chunk))
+        self.block = -(-max(1, int(block)) // self.chunk) * self.chunk  # whole chunks: the same chunks as resident
         self.device = device or model_device()
         self.nbytes = self.n * self.dim * 4
         self.host = rows
         self.table = None  # the resident tensor
         self.array = None  # on a CPU: the aligned host array the resident tensor aliases (no copy)
+        self.first = None  # qk.first_pass.Int8FirstPass, where it is used
         gpu = "GPU" in self.device.upper()
+        if self._use_int8(first_pass, gpu):
+            from .first_pass import Int8FirstPass
+
+            with tf.device(self.device):
+                self.kk = self._squared_norms()
+            self.first = Int8FirstPass(rows, self.kk, self.chunk, self.device)
+            self.placement = "host, int8 first pass"
+            return
         if where == "device" or (where == "auto" and (gpu or self.nbytes <= RESIDENT_SHARE * _mem_available())):
             try:
                 self.table = self._resident(rows, gpu)
@@ -202,6 +242,17 @@ class KeyTable:
         if self.table is not None:
             self.host = None  # the device copy (or the aliased array it holds) is the table now
         self.placement = "resident" if self.table is not None else "host"
+
+    def _use_int8(self, first_pass: str, gpu: bool) -> bool:
+        """int8 where asked; with "auto", on a CPU that has the instructions, for a table of
+        at least `first_pass.MIN_ROWS` rows (where it was measured to win)."""
+        from .first_pass import MIN_ROWS, int8_available
+
+        if first_pass == "int8":
+            if gpu:
+                raise UserError("--first-pass int8 runs on a CPU; the model's device is a GPU (use --first-pass auto)")
+            return True
+        return first_pass == "auto" and not gpu and self.n >= MIN_ROWS and int8_available(self.dim)
 
     def _resident(self, rows: np.ndarray, gpu: bool):
         import tensorflow as tf
@@ -242,6 +293,9 @@ class KeyTable:
         t = self.n
         if n <= 0:
             return np.empty((0, 2), np.int64), np.empty(0, np.float32)
+        if self.first is not None:
+            with tf.device(self.device):
+                return self.first.mine(tf.stop_gradient(tf.cast(q, tf.float32)), pairs, n)
         pos = np.unique(pairs[:, 0] * t + pairs[:, 1]) if len(pairs) else np.empty(0, np.int64)
         block_candidates, select = _functions(self.chunk)
         k = tf.constant(n + len(pos), tf.int32)
@@ -264,14 +318,21 @@ class KeyTable:
         """The cached descriptors of table rows `idx` (float32 constants, on the device)."""
         import tensorflow as tf
 
+        from .first_pass import take_rows
+
         with tf.device(self.device):
             if self.table is not None:
                 return tf.gather(self.table, tf.constant(np.asarray(idx, np.int64)))
-            return tf.constant(np.asarray(self.host[np.asarray(idx, np.int64)], np.float32))
+            return tf.constant(take_rows(self.host, np.asarray(idx, np.int64)))
 
     def describe(self) -> str:
         """One line for reports: where the table is and how big."""
         return f"cached {self.n:,} x {self.dim} float32 ({self.nbytes / 1e9:.2f} GB), {self.placement} on {self.device}"
+
+    def close(self) -> None:
+        """Stop the first pass's threads (the table itself goes with the object)."""
+        if self.first is not None:
+            self.first.close()
 
 
 def table_fits(nbytes: int) -> bool:
@@ -279,5 +340,5 @@ def table_fits(nbytes: int) -> bool:
     return nbytes <= RESIDENT_SHARE * _mem_available()
 
 
-__all__ = ["KeyTable", "DEFAULT_CHUNK", "TABLE_DEVICES", "aligned_empty", "load_aligned", "read_rows", "model_device",
+__all__ = ["KeyTable", "DEFAULT_CHUNK", "FIRST_PASSES", "TABLE_DEVICES", "aligned_empty", "load_aligned", "read_rows", "model_device",
            "table_fits", "os"]

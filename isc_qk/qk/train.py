@@ -136,7 +136,7 @@ def train(
               Input("--manifest", manifest, fingerprint.of_file(manifest) if manifest.is_file() else "missing")]
     art = Artifact(out, KIND, layout="folder", stage="train")
     resumable = lambda: (out / CKPT_DIR / "latest.json").is_file()  # noqa: E731
-    with art.open(cfg, inputs, ignore=("checkpoint_every", "workers", "table_device"), resumable=resumable) as state:
+    with art.open(cfg, inputs, ignore=("checkpoint_every", "workers", "table_device", "first_pass"), resumable=resumable) as state:
         if state.done:
             return TrainReport(**{**state.report, "losses": read_losses(out / LOSSES_FILE), "skipped": True})
         cache = Path(feature_cache) if feature_cache is not None else out / CACHE_DIR
@@ -224,7 +224,7 @@ def _key_table(model, data: TrainData, out: Path, cfg: TrainConfig, progress: bo
 
     other = _other(cfg)
     prefix = cached_side(model.head(other), other, data.table, data.table_prefix, out / CACHE_DIR, progress)
-    return KeyTable(open_cached_side(prefix), cfg.table_device)
+    return KeyTable(open_cached_side(prefix), cfg.table_device, first_pass=cfg.first_pass)
 
 
 def _start_vectors(data: TrainData, model, out: Path, cfg: TrainConfig, progress: bool):
