@@ -356,6 +356,7 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
         with ticker(progress, run.total, f"train-{cfg.side} ({cfg.negatives})") as tick, \
                 closing(one_ahead(inputs_of(s) for s in range(step, run.total))) as batches:
             tick(step)
+            t_prev = time.perf_counter()
             for rows, inp in batches:
                 loss, stats, grads = stepper.loss_and_grads(rows, {k: tf.constant(v) for k, v in inp.items()})
                 loss_f = float(loss)
@@ -365,7 +366,9 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
                 stepper.apply(grads)
                 step += 1
                 losses.append(loss_f)
-                stats_log.append({k: v for k, v in stats.items() if k != "loss"})
+                now = time.perf_counter()  # wall time of the step, waiting for its batch included
+                stats_log.append({**{k: v for k, v in stats.items() if k != "loss"}, "step_s": round(now - t_prev, 4)})
+                t_prev = now
                 in_update = False
                 tick(1)
                 if step % cfg.checkpoint_every == 0 and step < run.total:

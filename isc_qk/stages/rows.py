@@ -2,9 +2,10 @@
 
 Why: precomputing backbone features (or descriptors) for a million images takes hours, so a
 crash, a Ctrl-C or a `kill -9` must cost at most one chunk. The matrix is preallocated as the
-artifact's ``partial.npy`` with `np.lib.format.open_memmap`, filled chunk by chunk; after every
-chunk the memmap is flushed and ``progress.json`` (rows done + the rows whose image could not
-be decoded) is written atomically. A re-run reads it and continues from there. Only when all
+artifact's ``partial.npy`` with `np.lib.format.open_memmap`, filled chunk by chunk with
+positioned writes (not through a mapping: the pages of a 12 GB table would count as this
+process's memory); after every chunk the file is synced and ``progress.json`` (rows done + the
+rows whose image could not be decoded) is written atomically. A re-run reads it and continues from there. Only when all
 rows are done is the output written under its final name, so a finished file is never partial.
 
 Images that cannot be decoded get a zero row while filling (a memmap has no holes) and are
@@ -71,29 +72,33 @@ def fill_rows(art: Artifact, n_rows: int, dim: int, dtype: str, compute: Compute
         mm = np.load(partial, mmap_mode="r+")
         if mm.shape != (n_rows, dim) or mm.dtype != np.dtype(dtype):
             raise UserError(f"{partial}: partial file does not match its progress record; delete it to start over")
+    offset, row_bytes = mm.offset, dim * np.dtype(dtype).itemsize
+    del mm  # rows are written with positioned writes: an 8M-row table never sits mapped in this process
     if on_rows and done:
         on_rows(done)
     start_done = done
-    while done < n_rows:
-        stop = min(done + chunk, n_rows)
-        rows, failed = compute(done, stop)
-        rows = np.asarray(rows)
-        if rows.shape != (stop - done, dim):
-            raise ValueError(f"compute({done}, {stop}) returned shape {rows.shape}, expected {(stop - done, dim)}")
-        if failed:
-            rows = rows.copy()
-            for r in failed:
-                rows[r - done] = 0
-            bad.update(failed)
-        if not np.isfinite(rows).all():
-            raise UserError(f"non-finite values computed for rows {done}..{stop - 1} (the model or an input is broken)")
-        mm[done:stop] = rows
-        mm.flush()
-        done = stop
-        write_json(progress_json, {"n_rows": n_rows, "dim": dim, "dtype": dtype, "rows_done": done, "bad": bad})
-        if on_rows:
-            on_rows(len(rows))
-    del mm
+    with open(partial, "r+b") as fh:
+        while done < n_rows:
+            stop = min(done + chunk, n_rows)
+            rows, failed = compute(done, stop)
+            rows = np.asarray(rows)
+            if rows.shape != (stop - done, dim):
+                raise ValueError(f"compute({done}, {stop}) returned shape {rows.shape}, expected {(stop - done, dim)}")
+            if failed:
+                rows = rows.copy()
+                for r in failed:
+                    rows[r - done] = 0
+                bad.update(failed)
+            if not np.isfinite(rows).all():
+                raise UserError(f"non-finite values computed for rows {done}..{stop - 1} (the model or an input is broken)")
+            data = np.ascontiguousarray(rows, dtype=dtype).tobytes()
+            if os.pwrite(fh.fileno(), data, offset + done * row_bytes) != len(data):
+                raise UserError(f"{partial}: short write (disk full?)")
+            os.fsync(fh.fileno())
+            done = stop
+            write_json(progress_json, {"n_rows": n_rows, "dim": dim, "dtype": dtype, "rows_done": done, "bad": bad})
+            if on_rows:
+                on_rows(len(rows))
     return Filled(partial, n_rows, bad, done - start_done)
 
 
