@@ -138,6 +138,24 @@ def write_record(prefix: Path, side: str, n: int, model, images_dir: Path) -> No
     art.finish({"prefix": str(prefix), "rows": n, "width": FEAT + DIM, "bad": [], "computed": n, "seconds": 0.0})
 
 
+class _NpyWriter:
+    """A float16 (rows, 768) .npy filled with positioned writes (a 12 GB table written through a
+    mapping would sit in this process's memory until it is flushed)."""
+
+    def __init__(self, path: Path, rows: int) -> None:
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, FEAT + DIM))
+        self.offset, self.row_bytes = mm.offset, (FEAT + DIM) * 2
+        del mm
+        self.fh = open(path, "r+b")
+
+    def write(self, row: int, x: np.ndarray) -> None:
+        os.pwrite(self.fh.fileno(), np.ascontiguousarray(x, np.float16).tobytes(), self.offset + row * self.row_bytes)
+
+    def close(self) -> None:
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+
 def make_tables(work: Path, model_dir: Path, n_keys: int, copies: int, seed: int = 0) -> tuple[Path, Path, Path]:
     """K table of the keys, Q table of their copies, the manifest; (k prefix, q prefix, manifest)."""
     from isc_qk.formats.feature_table import write_ids
@@ -149,17 +167,15 @@ def make_tables(work: Path, model_dir: Path, n_keys: int, copies: int, seed: int
     keys_dir, aug_dir = work / "train", work / "aug"
     keys_dir.mkdir(exist_ok=True)
     aug_dir.mkdir(exist_ok=True)
-    kt = np.lib.format.open_memmap(work / "k0.npy", mode="w+", dtype=np.float16, shape=(n_keys, FEAT + DIM))
-    qt = np.lib.format.open_memmap(work / "q0.npy", mode="w+", dtype=np.float16, shape=(n_keys * copies, FEAT + DIM))
+    kt, qt = _NpyWriter(work / "k0.npy", n_keys), _NpyWriter(work / "q0.npy", n_keys * copies)
     for s in range(0, n_keys, BLOCK):
         e = min(n_keys, s + BLOCK)
         k = _l2(centres[rng.integers(0, len(centres), e - s)] + 0.08 * rng.standard_normal((e - s, FEAT), dtype=np.float32))
-        kt[s:e] = _head_inputs(model.pca, k)
+        kt.write(s, _head_inputs(model.pca, k))
         q = _l2(np.repeat(k, copies, axis=0) + 0.03 * rng.standard_normal(((e - s) * copies, FEAT), dtype=np.float32))
-        qt[s * copies : e * copies] = _head_inputs(model.pca, q)
-    kt.flush()
-    qt.flush()
-    del kt, qt
+        qt.write(s * copies, _head_inputs(model.pca, q))
+    kt.close()
+    qt.close()
     key_ids = [f"T{i:07d}" for i in range(n_keys)]
     write_ids(work / "k0.ids.txt", key_ids)
     write_ids(work / "q0.ids.txt", [f"{k}_a{c}" for k in key_ids for c in range(copies)])
@@ -200,7 +216,7 @@ def run_stage(side: str, model: Path, keys: Path, queries: Path, manifest: Path,
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
@@ -219,7 +235,7 @@ def run_stage(side: str, model: Path, keys: Path, queries: Path, manifest: Path,
         "mine_s": float(np.median(mine_s[args.warmup:] or mine_s)),
         "setup_s": round(float(report["seconds"]) - float(np.sum(step_s)), 1),
         "wall_s": round(wall, 1),
-        "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,  # Linux: KB
+        "peak_rss_gb": report["peak_rss_gb"],  # the stage's own VmHWM (wait4's ru_maxrss counts this parent's)
         "table_rows": report["table_rows"],
         "items": report["items"],
         "mining": report.get("mining", ""),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -84,10 +85,12 @@ class Int8FirstPass:
             raise UserError("--first-pass int8 needs a CPU with int8 dot-product instructions and onnxruntime")
         self.rows, self.kk, self.chunk, self.device = rows, kk, chunk, device
         self.n = int(rows.shape[0])
-        threads = threads or default_threads()
         t0 = time.perf_counter()
-        self.scanners = [(s, Scanner(read_rows(rows, s, s + SCAN_BLOCK), "int8", threads))
+        # one single-threaded scanner per block of rows, the blocks scanned in parallel: a Scanner
+        # parallelises over blocks of 1024 queries, and a step has one block of B = 32
+        self.scanners = [(s, Scanner(read_rows(rows, s, s + SCAN_BLOCK), "int8", 1))
                          for s in range(0, self.n, SCAN_BLOCK)]
+        self.pool = ThreadPoolExecutor(threads or default_threads())
         self.subset = np.arange(0, self.n, SUBSET_STRIDE, dtype=np.int64)
         with tf.device(device):
             self.sub = tf.constant(take_rows(rows, self.subset))
@@ -96,6 +99,7 @@ class Int8FirstPass:
         self.last: dict = {}  # statistics of the last call (candidates, rows, retries)
 
     def close(self) -> None:
+        self.pool.shutdown()
         for _, sc in self.scanners:
             sc.close()
 
@@ -124,7 +128,7 @@ class Int8FirstPass:
         (extra real rows only add exact pairs to the considered set: harmless)."""
         if not np.isfinite(tau):
             return np.arange(self.n, dtype=np.int64)
-        parts = [s + sc.candidates(qn, tau)[1] for s, sc in self.scanners]
+        parts = list(self.pool.map(lambda block: block[0] + block[1].candidates(qn, tau)[1], self.scanners))
         rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
         if len(rows) < least:
             rows = np.union1d(rows, np.arange(min(self.n, least), dtype=np.int64))

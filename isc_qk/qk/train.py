@@ -76,6 +76,7 @@ class TrainReport:
     bad_images: list[str] = field(default_factory=list)
     replicas: int = 1  # devices the batch was split across (tf.distribute)
     mining: str = ""  # how negatives were mined (cached descriptors and where, or the head pass)
+    peak_rss_gb: float = 0.0  # this process's peak resident memory when the stage finished (Linux)
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -412,7 +413,21 @@ def _finish(run: _Run, losses: list[float], stats: list[dict], resumed_from: int
         first_loss=_mean(losses[:5]), last_loss=_mean(losses[-5:]), resumed_from=resumed_from,
         seconds=round(seconds, 3), seconds_per_step=round(step_seconds / max(1, run.total - resumed_from), 4),
         bad_images=run.bad, replicas=run.strategy.num_replicas_in_sync, mining=_mining_text(run),
+        peak_rss_gb=_peak_rss_gb(),
     )
+
+
+def _peak_rss_gb() -> float:
+    """VmHWM of this process (its own peak, unlike a parent's rusage, which counts the memory
+    of the process it was forked from); 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / 1e9, 3)
+    except OSError:
+        pass
+    return 0.0
 
 
 def _mining_text(run: _Run) -> str:
