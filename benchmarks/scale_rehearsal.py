@@ -18,7 +18,7 @@ What it builds (in a temporary folder under --tmp, removed at the end unless --k
   SSCD recipe's; ids ``T0000000_a0``... as `isc-qk augment` names them; each copy is its key's
   feature plus noise, re-normalised) and the augmentation manifest (query_id,source_id,ops).
 
-What it runs (each a subprocess, the real CLI, ``--no-train-other-head`` as the recipe):
+What it runs (each a subprocess, the real CLI, each phase training its own head only, as the recipe):
 
 * ``train-q --keys KTABLE --queries QTABLE``: batch rows are edited copies (Q features read from
   their table: the Q backbone is frozen), the table = the N keys' K features;
@@ -96,15 +96,49 @@ def synthetic_images(folder: Path, n: int, seed: int = 0) -> None:
         Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(folder / f"P{i:05d}.jpg", quality=90)
 
 
+# ---- the few places that name the package's internals (kept together: they moved once already)
+def _sscd_model_config(name: str):
+    """The SSCD recipe's ModelConfig with backbone and residual start `name`."""
+    import dataclasses
+
+    try:
+        from isc_qk.recipes import RECIPES  # recipes declared in their own module
+
+        return dataclasses.replace(RECIPES["sscd"].config().model, backbone=name, residual=name)
+    except ImportError:
+        from isc_qk.configs import SSCD_RECIPE_MODEL, ModelConfig
+
+        return ModelConfig(**{**SSCD_RECIPE_MODEL, "backbone": name, "residual": name})
+
+
+def _sscd_available() -> bool:
+    try:
+        from isc_qk.models.onnx_model import available
+    except ImportError:
+        from isc_qk.encoders import available
+    return available("sscd")
+
+
+def _own_head_flag() -> str:
+    """The train commands' flag for "train this side's head only" (its name differs by version)."""
+    out = subprocess.run([sys.executable, "-m", "isc_qk", "train-q", "--help"], capture_output=True, text=True,
+                         env=_env()).stdout
+    return "--own-head-only" if "--own-head-only" in out else "--no-train-other-head"
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+            "COLUMNS": "200"}
+
+
 def make_model(work: Path, backbone: str) -> tuple[Path, str]:
     """A model folder of the SSCD recipe's shape; returns (folder, backbone name used)."""
-    from isc_qk.configs import SSCD_RECIPE_MODEL, ModelConfig, PCAFitConfig
+    from isc_qk.configs import PCAFitConfig
     from isc_qk.models.init import init_model
-    from isc_qk.models.onnx_model import available
     from isc_qk.starts.stage import fit_start_pca
 
     if backbone == "auto":
-        backbone = "sscd" if available("sscd") else "toy"
+        backbone = "sscd" if _sscd_available() else "toy"
     if backbone == "sscd":
         name = "sscd@sq288"
     else:
@@ -112,8 +146,7 @@ def make_model(work: Path, backbone: str) -> tuple[Path, str]:
         name = f"onnx:{work / 'toy.onnx'}@sq288"
     synthetic_images(work / "pca_images", 260)
     pca = fit_start_pca(name, work / "pca_images", work / "start_pca", PCAFitConfig(n_train=None, dim=DIM))
-    cfg = ModelConfig(**{**SSCD_RECIPE_MODEL, "backbone": name, "residual": name})
-    return init_model(pca, cfg, work / "model0"), name
+    return Path(init_model(pca, _sscd_model_config(name), work / "model0")), name
 
 
 # ----------------------------------------------------------------------------- the tables
@@ -130,10 +163,14 @@ def write_record(prefix: Path, side: str, n: int, model, images_dir: Path) -> No
     from isc_qk.qk.precompute import PrecomputeConfig, table_artifact
     from isc_qk.stages.artifact import Input
 
+    import dataclasses
+
     art = table_artifact(prefix)
-    cfg = PrecomputeConfig(side=side, n_images=n, shard="0/1", backbone=model.cfg.backbone,
-                           input_size=model.spec.input_size, feature_dim=model.spec.feature_dim, dim=model.cfg.dim,
-                           model_fingerprint=model.backbone_fingerprint(side), images_dir=str(images_dir))
+    values = dict(side=side, n_images=n, shard="0/1", backbone=model.cfg.backbone,
+                  input_size=getattr(model.spec, "input_size", 0) or 0,
+                  feature_dim=getattr(model.spec, "feature_dim", None) or model.spec.dim, dim=model.cfg.dim,
+                  model_fingerprint=model.backbone_fingerprint(side), images_dir=str(images_dir))
+    cfg = PrecomputeConfig(**{f.name: values[f.name] for f in dataclasses.fields(PrecomputeConfig) if f.name in values})
     art.write_record(cfg, [Input("--images", images_dir, f"synthetic-{side}-{n}")])
     art.finish({"prefix": str(prefix), "rows": n, "width": FEAT + DIM, "bad": [], "computed": n, "seconds": 0.0})
 
@@ -195,6 +232,7 @@ def floor_seconds(rows: int, batch: int, repeats: int = 3) -> float:
     q = _l2(rng.standard_normal((batch, DIM), dtype=np.float32))
     block = _l2(rng.standard_normal((min(rows, FLOOR_BLOCK), DIM), dtype=np.float32))
     out = np.empty((batch, len(block)), np.float32)
+    np.matmul(q, block.T, out=out)  # warm-up (threads, pages)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -209,12 +247,11 @@ def run_stage(side: str, model: Path, keys: Path, queries: Path, manifest: Path,
     """One real `isc-qk train-<side>` in a subprocess: its per-step times, setup, peak memory."""
     cmd = [sys.executable, "-m", "isc_qk", f"train-{side}", "--model", str(model), "--keys", str(keys),
            "--queries", str(queries), "--manifest", str(manifest), "--out", str(out), "--steps", str(args.steps),
-           "--batch", str(args.batch), "--m", "10", "--tau", "2", "--no-train-other-head", "--no-progress",
+           "--batch", str(args.batch), "--m", "10", "--tau", "2", args.own_head_flag, "--no-progress",
            "--checkpoint-every", str(10 * args.steps), "--first-pass", args.first_pass,
            "--table-device", args.table_device]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read()
     _, status, _ = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -279,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         result["settings"]["backbone_used"] = name
         result["build_s"] = round(time.perf_counter() - t0, 1)
         passes_steps = args.keys // args.batch
+        args.own_head_flag = _own_head_flag()
         for stage in args.stages.split(","):
             side = stage.removeprefix("train-")
             console.print(f"{stage}: {args.steps} steps ...")
@@ -287,8 +325,8 @@ def main(argv: list[str] | None = None) -> None:
             r["vs_floor"] = r["s_per_step"] / r["floor_s"]
             r["steps_per_image_pass"] = passes_steps
             for passes in (1, 10):
-                r[f"projected_hours_{passes}_pass{'es' if passes > 1 else ''}"] = round(
-                    (r["setup_s"] + passes * passes_steps * r["s_per_step"]) / 3600, 2)
+                r[f"projected_hours_{passes}_pass{'es' if passes > 1 else ''}"] = (
+                    (r["setup_s"] + passes * passes_steps * r["s_per_step"]) / 3600)
             result[stage] = r
             shutil.rmtree(work / f"out-{side}", ignore_errors=True)
         result["machine"]["load_average_at_end"] = os.getloadavg()
