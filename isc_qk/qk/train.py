@@ -142,7 +142,11 @@ def train(
             return TrainReport(**{**state.report, "losses": read_losses(out / LOSSES_FILE), "skipped": True})
         cache = Path(feature_cache) if feature_cache is not None else out / CACHE_DIR
         run = _prepare(model_dir, keys, queries, manifest, out, cfg, progress, strategy, cache)
-        losses, stats, resumed_from, step_seconds = _run_steps(run, progress, on_step)
+        try:
+            losses, stats, resumed_from, step_seconds = _run_steps(run, progress, on_step)
+        finally:
+            if run.key_table is not None:
+                run.key_table.close()  # the first pass's threads; the table goes with `run`
         report = _finish(run, losses, stats, resumed_from, time.perf_counter() - t0, step_seconds)
         art.finish(report.summary())
     shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
