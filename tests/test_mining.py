@@ -136,6 +136,31 @@ def test_cached_equals_uncached_path_with_a_frozen_head(n_rows, n_table, copies,
     assert new_stats["rows"] == old_stats["rows"]
 
 
+def test_cached_equals_uncached_path_on_exact_ties():
+    """A head that returns its start part exactly (residual scale 0) on 0/1 start vectors: every
+    d2 is an exact small integer, ties everywhere; both paths pick the same pairs (flat-index
+    rule) and give the same loss and gradients."""
+    rng = np.random.default_rng(8)
+    head = build_head(FEAT, ModelConfig(head_hidden=0, dim=DIM, residual_scale=0.0), seed=0)
+    feats = np.concatenate([rng.normal(size=(500, FEAT)), rng.integers(0, 2, size=(500, DIM))], 1).astype(np.float16)
+    feats[100:110] = feats[99]  # duplicates too
+    q0 = tf.constant(rng.integers(0, 2, size=(6, DIM)).astype(np.float32))
+    w = tf.Variable(np.eye(DIM, dtype=np.float32))
+    pairs = np.array([[0, 99], [0, 3], [1, 7], [2, 8], [2, 9], [2, 10], [4, 499], [5, 0]])
+    cfg = LossConfig(m=7, tau=2.0)
+    table = KeyTable(head(tf.cast(feats, tf.float32)).numpy(), "auto", chunk=64)
+    with tf.GradientTape(persistent=True) as tape:
+        q = tf.matmul(q0, w)
+        old, _ = qk_loss(q, head, feats, pairs, cfg, chunk=33)
+        new, _ = cached_qk_loss(q, table, pairs, cfg)
+    d2 = _d2(q0, feats[:, FEAT:].astype(np.float32))
+    assert len(np.unique(d2)) < 20
+    np.testing.assert_array_equal(table.mine(q, pairs, 42)[0], mine_hard_negatives(q, head, feats, pairs, 42, chunk=33))
+    np.testing.assert_array_equal(table.mine(q, pairs, 42)[0], _brute_top(d2, pairs, 42))
+    np.testing.assert_allclose(float(new), float(old), rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(new, w).numpy(), tape.gradient(old, w).numpy(), rtol=1e-5, atol=1e-7)
+
+
 def test_bad_arguments():
     with pytest.raises(UserError, match="--table-device must be one of"):
         KeyTable(np.zeros((3, 4), np.float32), "gpu")
