@@ -112,8 +112,13 @@ def open_cached_side(prefix: Path) -> np.ndarray:
 
 
 def remove_cached_side(cache_dir: Path, side: str) -> None:
-    """Drop this side's caches (a finished phase no longer needs them; they are GBs at scale)."""
+    """Drop this side's caches (a finished phase no longer needs them; they are GBs at scale),
+    and the cache folder if nothing else is left in it."""
     _remove_stale(cache_dir, side, None)
+    try:
+        Path(cache_dir).rmdir()
+    except OSError:  # not empty (start vectors...) or not there
+        pass
 
 
 def _remove_stale(cache_dir: Path, side: str, keep: Path | None) -> None:
