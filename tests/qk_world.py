@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import make_image_folder
+from conftest import gist960, make_image_folder
 
 N_KEYS = 16
 COPIES = 2
@@ -47,14 +47,12 @@ def train_config(**kw):
 def make_world(root: Path) -> World:
     from isc_qk.augment.runner import augment_folder
     from isc_qk.configs import AugmentConfig
-    from isc_qk.gist.files import describe_gist_files
     from isc_qk.vectors import fit_pca
 
     keys = root / "train"
     ids = make_image_folder(keys, N_KEYS, "T", seed=0, size=96)
     augment_folder(keys, root / "aug", AugmentConfig(seed=0, copies=COPIES), workers=1, progress=False)
-    gist = describe_gist_files(sorted(keys.glob("*.jpg")))
     pca_path = root / "pca.npz"
-    fit_pca(gist.gist960, dim=DIM).save(pca_path)
+    fit_pca(gist960(sorted(keys.glob("*.jpg"))), dim=DIM).save(pca_path)
     model = make_model(root, pca_path, "model0")
     return World(root, keys, root / "aug", pca_path, model, ids)

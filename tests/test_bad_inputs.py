@@ -58,7 +58,7 @@ def world(tmp_path_factory):
     from isc_qk.models.init import init_model
     from isc_qk.normalize.files import fit_normalizer_files
     from isc_qk.qk.precompute import precompute
-    from isc_qk.starts.stage import describe_gist_set, fit_gist_pca
+    from isc_qk.starts.stage import describe_start_set, fit_start_pca
 
     root = tmp_path_factory.mktemp("bad")
     make_image_folder(root / "train", 12, "T", seed=0, size=72)
@@ -66,11 +66,11 @@ def world(tmp_path_factory):
     make_image_folder(root / "queries", 6, "Q", seed=2, size=72)
     make_image_folder(root / "other", 6, "O", seed=3, size=72)
     write_ground_truth(root / "gt.csv", [(f"Q{i:06d}", f"R{i:06d}" if i < 3 else None) for i in range(6)])
-    pca = fit_gist_pca(root / "train", root / "gist", PCAFitConfig(n_train=None, dim=DIM))
+    pca = fit_start_pca("gist", root / "train", root / "gist", PCAFitConfig(n_train=None, dim=DIM))
     for name, folder in (("refs", "refs"), ("queries", "queries"), ("train", "train")):
-        describe_gist_set(pca, root / folder, root / "gist" / f"{name}.h5", progress=False)
-    describe_gist_set(pca, root / "refs", root / "gist" / "sh.h5", shard="0/2", progress=False)
-    describe_gist_set(pca, root / "other", root / "gist" / "sh.h5", shard="1/2", progress=False)
+        describe_start_set(pca, root / folder, root / "gist" / f"{name}.h5", progress=False)
+    describe_start_set(pca, root / "refs", root / "gist" / "sh.h5", shard="0/2", progress=False)
+    describe_start_set(pca, root / "other", root / "gist" / "sh.h5", shard="1/2", progress=False)
     q, r = read_descriptors(root / "gist" / "queries.h5"), read_descriptors(root / "gist" / "refs.h5")
     write_descriptors(root / "q.h5", q)
     write_descriptors(root / "r.h5", r)
@@ -200,7 +200,7 @@ CASES = [
     ("not a normaliser", ["normalize", "--norm", "gist", "--in", "q.h5", "--out", "n.h5"], "normalize-fit"),
     ("not a model", ["train-q", "--model", "gist", "--keys", "k0", "--queries", "aug", "--out", "m9"], "model folder"),
     ("merge without shards", ["precompute", "--merge", "--out", "k0"], "no shard outputs"),
-    ("augment-merge without shards", ["augment-merge", "aug"], "no shard manifests"),
+    ("augment-merge without shards", ["augment-merge", "aug"], "no shard outputs"),
     ("unknown backbone", ["init-model", "--pca", "gist", "--backbone", "resnet9000", "--out", "m9"], "unknown backbone"),
     ("missing onnx model", ["descriptor-pca", "--descriptor", "onnx:nope.onnx", "--train", "train", "--out", "o2"], "not found"),
     ("unknown recipe", ["pipeline", "--data", "disc", "--work", "w3", "--recipe", "magic"], "recipe"),
@@ -278,12 +278,12 @@ def _unusual(folder: Path) -> dict[str, str]:
 def test_unusual_images_give_the_descriptor_of_the_picture(tmp_path, image_folder):
     from isc_qk.configs import PCAFitConfig
     from isc_qk.formats import read_descriptors
-    from isc_qk.starts.stage import describe_gist_set, fit_gist_pca
+    from isc_qk.starts.stage import describe_start_set, fit_start_pca
 
     train, _ = image_folder(12, "T", seed=0, size=72)
-    pca = fit_gist_pca(train, tmp_path / "gist", PCAFitConfig(n_train=None, dim=DIM))
+    pca = fit_start_pca("gist", train, tmp_path / "gist", PCAFitConfig(n_train=None, dim=DIM))
     pairs = _unusual(tmp_path / "odd")
-    d = read_descriptors(describe_gist_set(pca, tmp_path / "odd", tmp_path / "odd.h5", progress=False).out_raw)
+    d = read_descriptors(describe_start_set(pca, tmp_path / "odd", tmp_path / "odd.h5", progress=False).out_raw)
     v = dict(zip(d.ids, d.vectors))
     assert set(v) == set(pairs) | set(pairs.values())
     for odd, ref in pairs.items():

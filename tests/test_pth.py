@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isc_qk.models.pth import PthError, load_state_dict
+from isc_qk.encoders.nets.pth import PthError, load_state_dict
 
 
 class _FakeStorage:

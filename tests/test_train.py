@@ -29,11 +29,17 @@ def world(tmp_path_factory):
     return w
 
 
+
+def _part(m, part: str):
+    """m.backbone("q"), m.head("k")... from "q_backbone", "k_head"..."""
+    side, kind = part.split("_")
+    return m.backbone(side) if kind == "backbone" else m.head(side)
+
 def _weights(model_dir):
     from isc_qk.models.qk_model import QKModel
 
     m = QKModel.load(model_dir)
-    return {part: [w.numpy() for w in getattr(m, part).weights] for part in ("q_backbone", "k_backbone", "q_head", "k_head")}
+    return {part: [w.numpy() for w in _part(m, part).weights] for part in ("q_backbone", "k_backbone", "q_head", "k_head")}
 
 
 def _changed(a, b) -> dict:
@@ -128,7 +134,7 @@ def test_changed_settings_or_mismatched_table_are_refused(world, tmp_path):
     from isc_qk.models.qk_model import QKModel
 
     other = QKModel.load(world.model)
-    w = other.k_backbone.weights[0]
+    w = other.backbone("k").weights[0]
     w.assign(w.numpy() * 1.01)
     other.save(tmp_path / "other")
     with pytest.raises(UserError, match="another K backbone"):
@@ -150,7 +156,7 @@ def test_cli_train_q_and_train_k(world, tmp_path, run_cli):
                 "--out", tmp_path / "k", *common)
     assert r.code == 0, r.err
     r = run_cli("train-k", "--model", world.fast, "--keys", world.keys, "--queries", world.root / "qfeats_fast",
-                "--out", tmp_path / "kc", "--no-train-other-head", "--table-device", "host", *common)
+                "--out", tmp_path / "kc", "--own-head-only", "--table-device", "host", *common)
     assert r.code == 0, r.err
     assert "cached" in r.out and json.loads((tmp_path / "kc" / "train_config.json").read_text())["config"][
         "train_other_head"] is False
@@ -212,11 +218,11 @@ def test_train_k_rows_are_keys_positives_their_copies_negatives_every_other_copy
         assert sorted(qids[j] for j in pos) == sorted(q for q, s in source.items() if s == item.id)
         assert len(pos) == COPIES
     model = QKModel.load(world.fast)
-    table = KeyTable(model.q_head(tf.cast(np.asarray(qtable), tf.float32)).numpy())
+    table = KeyTable(model.head("q")(tf.cast(np.asarray(qtable), tf.float32)).numpy())
     rows = np.arange(8)
     pairs = data.positive_pairs(rows)
     kids, ktable = open_feature_table(world.root / "kfeats_fast")
-    x = model.k_head(tf.cast(np.asarray(ktable)[[kids.index(data.items[r].id) for r in rows]], tf.float32))
+    x = model.head("k")(tf.cast(np.asarray(ktable)[[kids.index(data.items[r].id) for r in rows]], tf.float32))
     every = len(rows) * len(qids) - len(pairs)
     neg, _ = table.mine(x, pairs, every)  # n = every non-positive pair
     want = {(r, t) for r in range(len(rows)) for t in range(len(qids)) if source[qids[t]] != data.items[rows[r]].id}

@@ -13,7 +13,7 @@ def keep_min_side(im: Image.Image) -> Image.Image:
     w, h = im.size
     if min(w, h) >= MIN_SIDE:
         return im
-    s = MIN_SIDE / min(w, h)
+    s = MIN_SIDE / max(1, min(w, h))  # an op may return an empty image
     return im.resize((max(MIN_SIDE, round(w * s)), max(MIN_SIDE, round(h * s))), Image.BICUBIC)
 
 

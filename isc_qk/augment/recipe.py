@@ -39,7 +39,7 @@ from .ops import (
     text_fonts,
 )
 
-MIN_SIDE = 32  # edits never leave an image smaller than this (tiny crops break text/meme ops)
+from ..configs import MIN_SIDE  # noqa: E402,F401  (edits never leave an image smaller than this)
 
 
 # =========================================================================== parameter specs

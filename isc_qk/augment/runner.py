@@ -25,11 +25,13 @@ from typing import Any
 from ..configs import AugmentConfig
 from ..errors import UserError
 from ..formats.ids import IMAGE_SUFFIXES
-from ..formats.images import BadImage, ImageFile, list_images, load_rgb
+from ..formats.images import ImageFile, list_images
 from ..formats.manifest import append_manifest_rows, read_manifest, write_manifest
-from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
-from ..stages.shards import Shard
+from ..stages.merge import merge_shards
+from ..stages.resources import check_workers
+from ..stages.runner import decode_file
+from ..stages.shards import Shard, find_shards
 from ..ui import ticker
 from .apply import augment_image
 from .ops import Context
@@ -120,10 +122,10 @@ def _work(source_id: str, path: str, copies: Sequence[int]) -> tuple[str, list[t
     ctx: Context = _WORKER["ctx"]
     cfg: AugmentConfig = _WORKER["cfg"]
     out_dir: Path = _WORKER["out_dir"]
-    try:
-        src = load_rgb(path)
-    except BadImage as e:
-        return source_id, [], f"unreadable: {e}"
+    decoded, why = decode_file(path, [lambda image: image])  # the one decode error policy
+    if why is not None:
+        return source_id, [], f"unreadable: {why}"
+    src = decoded[0]
     rows = []
     for c in copies:
         qid = query_id(source_id, c)
@@ -196,8 +198,7 @@ def augment_folder(
     """
     cfg = cfg or AugmentConfig()
     cfg.validate()
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
+    check_workers(workers)
     shard = Shard.parse(shard)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     t0 = time.perf_counter()
@@ -205,11 +206,14 @@ def augment_folder(
     mine = shard.select(images)
     art = artifact(out_dir, shard)
     record = AugmentRecord(cfg, recipe_fingerprint(), str(shard))
-    inputs = [Input("images", images_dir, fingerprint.of_image_list(images))]
+    inputs = [Input.of_images("images", images_dir, images)]
+    wanted = {query_id(f.id, c): f.id for f in mine for c in range(cfg.copies)}
+    manifest = manifest_path(out_dir, shard)
+    writes = [manifest, *(out_dir / f"{q}.jpg" for q in wanted)]
     # More (or fewer) copies extend the same experiment: copy c's edit does not depend on K.
-    with art.open(record, inputs, ignore=("augment.copies",), skip_done=False):
-        wanted = {query_id(f.id, c): f.id for f in mine for c in range(cfg.copies)}
-        manifest = manifest_path(out_dir, shard)
+    # Written queries (each JPEG with its manifest row) are kept when a run fails: it resumes.
+    with art.open(record, inputs, ignore=("augment.copies",), skip_done=False, writes=writes,
+                  resumable=manifest.exists):
         trusted = _trusted_rows(manifest, out_dir, wanted)
         if manifest.exists():
             write_manifest(manifest, list(trusted.values()))
@@ -289,42 +293,40 @@ def _run_pool(tasks, workers: int, images_dir: Path, out_dir: Path, cfg: Augment
 
 # --------------------------------------------------------------------------- shard merge
 def merge_manifests(out_dir: str | os.PathLike) -> Path:
-    """Combine finished shard manifests into OUT_DIR/manifest.csv, identical to an unsharded run.
-
-    Refuses shards made with other settings or from another source folder than shard 0.
-    """
+    """Combine finished shard manifests into OUT_DIR/manifest.csv, identical to an unsharded run
+    (`stages.merge`: refuses shards made with other settings or from another source folder)."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise UserError(f"{out_dir}: output folder not found")
-    found: dict[int, set[int]] = {}
-    pat = re.compile(rf"^{MANIFEST_NAME}\.shard-(\d+)-of-(\d+)\.csv$")
-    for p in out_dir.iterdir():
-        m = pat.match(p.name)
-        if m:
-            found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
-    if not found:
-        raise UserError(f"{out_dir}: no shard manifests (manifest.shard-I-of-N.csv) to merge")
-    if len(found) > 1:
-        raise UserError(f"{out_dir}: shard manifests of different shard counts ({sorted(found)}); remove the stale ones")
-    (n, have), = found.items()
-    missing = sorted(set(range(n)) - have)
-    if missing:
-        raise UserError(f"{out_dir}: missing shard(s) {', '.join(f'{i}/{n}' for i in missing)}; run them first")
+    n = len(find_shards(manifest_path(out_dir)))
     shards = [artifact(out_dir, Shard(i, n)) for i in range(n)]
-    for i, a in enumerate(shards):
-        if not a.report_path.is_file():
-            raise UserError(f"{out_dir}: shard {i}/{n} has not finished; re-run it to complete it")
-    whole = artifact(out_dir, Shard(0, 1))
-    with whole.lock():
-        config, inputs = whole.merged_record(shards)
+
+    def rows_of(parts: list[Path]) -> dict[str, tuple[str, str, str]]:
         rows: dict[str, tuple[str, str, str]] = {}
-        for i in range(n):
-            for r in read_manifest(manifest_path(out_dir, Shard(i, n))):
+        for part in parts:
+            for r in read_manifest(part):
                 if r["query_id"] in rows:
                     raise UserError(f"{out_dir}: query {r['query_id']} appears in two shard manifests")
                 rows[r["query_id"]] = (r["query_id"], r["source_id"], r["ops"])
-        whole.write_merged_record(config, inputs, ignore=("augment.copies",))
-        path = manifest_path(out_dir)
-        write_manifest(path, [rows[q] for q in sorted(rows)])
-        whole.finish({"merged_shards": n, "rows": len(rows)})
-    return path
+        return rows
+
+    target = manifest_path(out_dir)
+    if target.exists() and artifact(out_dir, Shard(0, 1)).record() is not None:
+        # an earlier run's manifest: merging must not drop what it lists (checked before any
+        # write; a manifest without the stage's record is refused by the merge itself)
+        made = rows_of([manifest_path(out_dir, Shard(i, n)) for i in range(n)])
+        lost = sorted(r["query_id"] for r in read_manifest(target) if r["query_id"] not in made)
+        if lost:
+            raise UserError(f"{target}: lists {len(lost)} queries no shard made (e.g. {lost[0]}, from an earlier "
+                            "run into this folder); merging would drop them: merge the shards in a new folder")
+
+    def join(parts: list[Path], target: Path) -> None:
+        rows = rows_of(parts)
+        write_manifest(target, [rows[q] for q in sorted(rows)])
+
+    def report(reports: list[dict]) -> dict:
+        return {"rows": sum(len(read_manifest(manifest_path(out_dir, Shard(i, n)))) for i in range(n))}
+
+    merge_shards(artifact(out_dir, Shard(0, 1)), lambda shard, rec: [manifest_path(out_dir, shard)], join, report,
+                 shards=shards, ignore=("augment.copies",))
+    return manifest_path(out_dir)

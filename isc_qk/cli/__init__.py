@@ -1,8 +1,9 @@
 """Command-line entry point: thin Typer commands that parse, call one function, print.
 
 Each area has its own module (`evaluate`, `augment`, `gist`, `train`, `pipeline`,
-`normalize`) that registers its commands on `app`; `common` holds what they share. `main` turns user errors into one line on
-stderr and a non-zero exit, never a traceback, and says how to resume after Ctrl-C.
+`normalize`) that registers its commands on the Typer `app` (`app`); `common` holds what they
+share. `main` turns user errors into one line on stderr and a non-zero exit, never a
+traceback, and says how to resume after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 import typer  # noqa: E402
 
-from ..errors import UserError
+from ..errors import UserError, os_error_line
 from .app import app
 from . import evaluate, augment, gist, train, pipeline, normalize  # noqa: F401,E402  (registration)
 
@@ -28,6 +29,8 @@ try:  # Typer >= 0.20 vendors click as typer._click; older Typer uses click itse
     from typer._click import exceptions as _cx
 except ImportError:  # pragma: no cover
     from click import exceptions as _cx  # type: ignore[no-redef]
+
+_NO_ARGS = getattr(_cx, "NoArgsIsHelpError", ())  # Click >= 8.2
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -87,27 +90,31 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="isc-qk")
     except UserError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {' '.join(str(e).splitlines())}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USER_ERROR)
     except typer.Exit as e:  # Typer turns Ctrl-C into Exit(130)
         if e.exit_code == EXIT_INTERRUPTED:
             console.print(INTERRUPTED)
         sys.exit(e.exit_code)
+    except _NO_ARGS:  # `isc-qk` alone: the help was printed, nothing went wrong
+        sys.exit(0)
     except _cx.ClickException as e:  # usage errors: one line too, with where to look
         ctx = getattr(e, "ctx", None)
         where = ctx.command_path if ctx is not None else "isc-qk"
-        console.print(f"[bold red]error:[/] {e.format_message()} (see {where} --help)", highlight=False, soft_wrap=True)
+        msg = " ".join(e.format_message().split()) or "invalid command line"
+        console.print(f"[bold red]error:[/] {msg} (see {where} --help)", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USER_ERROR if e.exit_code not in (0, 1) else e.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt) as e:
+        if isinstance(e.__context__, EOFError) and not isinstance(e, KeyboardInterrupt):
+            # Click turns ANY EOFError into Abort ("interrupted"); here it was a file that ended early
+            console.print(f"[bold red]error:[/] an input file ended unexpectedly (truncated?): {e.__context__}",
+                          highlight=False, soft_wrap=True)
+            sys.exit(EXIT_USER_ERROR)
         console.print(INTERRUPTED)
         sys.exit(EXIT_INTERRUPTED)
-    except OSError as e:  # the system refused: disk full, permissions changed mid-run, ...
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        console.print(f"[bold red]error:[/] {where}{e.strerror or e}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_USER_ERROR)
-    except MemoryError:
-        console.print("[bold red]error:[/] out of memory; use smaller batches or shards (--batch, --shard)",
-                      highlight=False)
+    except (OSError, MemoryError) as e:  # the system refused: disk full, permissions changed mid-run, ...
+        advice = "; use smaller batches or shards (--batch, --shard)" if isinstance(e, MemoryError) else ""
+        console.print(f"[bold red]error:[/] {os_error_line(e)}{advice}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USER_ERROR)
     except Exception:
         import traceback

@@ -13,6 +13,7 @@ import typer
 
 from ..configs import AugmentConfig, default
 from .app import app
+from .common import RECIPE_HELP, SET_HELP, override
 
 MAX_FAILED_SHOWN = 20
 
@@ -21,19 +22,25 @@ MAX_FAILED_SHOWN = 20
 def augment(
     images_dir: Path = typer.Argument(..., help="Folder of source images (.jpg/.jpeg/.png), e.g. the training set."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: QUERY.jpg files + manifest.csv."),
-    seed: int = typer.Option(default(AugmentConfig, "seed"), "--seed", help="Recipe seed; same seed, id and copy give the same edit."),
-    copies: int = typer.Option(default(AugmentConfig, "copies"), "--copies", "-k", help="Edited copies per image (ids SOURCE_a0, SOURCE_a1, ...)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"Recipe seed; same seed, id and copy give the same edit. (default: {default(AugmentConfig, 'seed')})"),
+    copies: Optional[int] = typer.Option(None, "--copies", "-k", help=f"Edited copies per image (ids SOURCE_a0, SOURCE_a1, ...). (default: {default(AugmentConfig, 'copies')})"),
     workers: int = typer.Option(1, "--workers", "-w", help="Worker processes (the output does not depend on it)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Process only shard I/N of the sorted image list."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any image could not be read."),
-    max_side: int = typer.Option(default(AugmentConfig, "max_side"), "--max-side", help="Longest side of the output images (never enlarged)."),
-    quality: int = typer.Option(default(AugmentConfig, "jpeg_quality"), "--quality", help="JPEG quality of the outputs."),
+    max_side: Optional[int] = typer.Option(None, "--max-side", help=f"Longest side of the output images (never enlarged). (default: {default(AugmentConfig, 'max_side')})"),
+    quality: Optional[int] = typer.Option(None, "--quality", help=f"JPEG quality of the outputs. (default: {default(AugmentConfig, 'jpeg_quality')})"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP.replace("train.loss.tau=2 --set model.output_l2=true", "augment.copies=8")),
 ) -> None:
     """Write K randomly edited copies of every image (ISC-like query edits) plus a manifest."""
     from ..augment.runner import AugmentFailed, augment_folder
+    from ..configs import apply_settings
+    from ..recipes import recipe as recipe_config
 
-    cfg = AugmentConfig(seed=seed, copies=copies, max_side=max_side, jpeg_quality=quality)
+    base = recipe_config(recipe).augment if recipe else AugmentConfig()
+    cfg = apply_settings(override(base, seed=seed, copies=copies, max_side=max_side, jpeg_quality=quality), set_ or [],
+                         "augment")
     try:
         report = augment_folder(images_dir, out, cfg, workers=workers, shard=shard, strict=strict, progress=not quiet)
     except AugmentFailed as e:
@@ -64,8 +71,11 @@ def _print_report(report) -> None:
         console.print(f"[yellow]failed:[/] {reason}", highlight=False, soft_wrap=True)
     if len(report.failed) > MAX_FAILED_SHOWN:
         console.print(f"... and {len(report.failed) - MAX_FAILED_SHOWN} more (see augment*_report.json)")
-    if report.ignored:
-        shown = ", ".join(report.ignored[:5]) + (" ..." if len(report.ignored) > 5 else "")
+    from ..formats.ids import OTHER_IMAGE_SUFFIXES
+
+    ignored = [n for n in report.ignored if Path(n).suffix.lower() not in OTHER_IMAGE_SUFFIXES]  # those: warned
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
         console.print(f"[yellow]ignored (no image suffix):[/] {shown}", highlight=False, soft_wrap=True)
 
 

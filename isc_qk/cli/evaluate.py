@@ -50,7 +50,7 @@ def evaluate_uap(
     ] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the numbers as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the precision-recall curve PNG here.")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="faiss threads [default: faiss's own].")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="Threads of the search (its first-pass matmul and faiss) (default: all cores).")] = None,
     timings: Annotated[
         bool, typer.Option("--timings", help="Add the search's own wall/CPU seconds to the JSON (benchmarks).")
     ] = False,
@@ -82,7 +82,13 @@ def evaluate_uap(
     for w in res.warnings:
         warn(w)
     out.print(result_table(res))
-    if json_path is not None:
-        write_json(json_path, to_json(res, timings=timings))
-    if plot is not None:
-        plot_pr(res, plot)
+    new = [p for p in (json_path, plot) if p is not None and not p.exists()]
+    try:  # both outputs or neither: a failed plot (a full disk) takes this run's JSON with it
+        if json_path is not None:
+            write_json(json_path, to_json(res, timings=timings))
+        if plot is not None:
+            plot_pr(res, plot)
+    except BaseException:
+        for p in new:
+            p.unlink(missing_ok=True)
+        raise

@@ -9,9 +9,9 @@ from typing import Optional
 import typer
 
 from .app import app
-from .common import split_list, weights_option
+from .common import SET_HELP, default_weights, override, split_list, weights_option
 
-_RECIPE = "Every option left out takes the recipe's value."
+_RECIPE = "Every option left out takes the recipe's value (`isc-qk recipe NAME` prints them)."
 
 
 def _show(results, work: Path) -> None:
@@ -22,18 +22,13 @@ def _show(results, work: Path) -> None:
     out.print(f"results: {work / 'results.md'}, {work / 'results.json'}, {work / 'results.png'}")
 
 
-def _override(obj, **values):
-    """`obj` with the given fields replaced, those given as None left alone."""
-    given = {k: v for k, v in values.items() if v is not None}
-    return dataclasses.replace(obj, **given) if given else obj
-
-
 @app.command("pipeline")
 def pipeline_cmd(
     data: Path = typer.Option(..., "--data", help="DISC-layout folder: train/, references/, queries/, ground_truth.csv."),
     work: Path = typer.Option(..., "--work", help="Work folder (artifacts, results); re-run to resume."),
     recipe: str = typer.Option("auto", "--recipe", help="sscd (frozen SSCD, heads on the SSCD residual), gist "
-                               "(EfficientNet-Lite0 on the GIST residual), or auto: sscd where it is installed. " + _RECIPE),
+                               "(EfficientNet-Lite0 on the GIST residual), paper, demo, demo-sscd, quick, or auto: sscd "
+                               "where it is installed. " + _RECIPE),
     phases: Optional[str] = typer.Option(None, "--phases", help="Alternating phases from Q1, e.g. Q1,K1,Q2,K2,Q3."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="efficientnet-lite0/1/2, keras:PATH, sscd, onnx:PATH..."),
     backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="'imagenet', a weights file, or 'none'."),
@@ -55,29 +50,29 @@ def pipeline_cmd(
     baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma list of gist, imagenet, sscd, inbatch, or '' for none."),
     normalize: Optional[str] = typer.Option(None, "--normalize", help="Extra rows with score normalisation: nes, whiten, ''."),
     workers: int = typer.Option(2, "--workers", min=1),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Run augment -> gist-pca -> precompute -> train-q -> precompute -> train-k ... and evaluate
     every phase next to the baselines; writes WORK/results.{json,md,png}."""
-    from ..configs import PipelineConfig
+    from ..configs import apply_settings
     from ..pipeline.schedule import run_pipeline
+    from ..recipes import recipe as recipe_config
 
-    base = PipelineConfig.recipe(recipe)
+    base = recipe_config(recipe)
     weights = weights_option(backbone_weights) if backbone_weights is not None else None
-    cfg = _override(
+    cfg = override(
         base, phases=split_list(phases) if phases is not None else None, epochs_per_phase=epochs_per_phase,
         workers=workers, baselines=split_list(baselines) if baselines is not None else None,
         normalizations=split_list(normalize) if normalize is not None else None,
-        model=_override(base.model, backbone=backbone, residual=residual, residual_scale=residual_scale,
+        model=override(base.model, backbone=backbone, residual=residual, residual_scale=residual_scale,
                         head_shortcut=head_shortcut),
-        train=_override(base.train, batch_size=batch, lr=lr, warmup=warmup, loss=_override(base.train.loss, tau=tau, m=m)),
-        augment=_override(base.augment, copies=copies), pca=_override(base.pca, whiten=whiten_start)).with_seed(seed)
+        train=override(base.train, batch_size=batch, lr=lr, warmup=warmup, loss=override(base.train.loss, tau=tau, m=m)),
+        augment=override(base.augment, copies=copies), pca=override(base.pca, whiten=whiten_start)).with_seed(seed)
     if backbone is not None and backbone_weights is None:  # a new backbone starts from its own weights
-        from ..models.onnx_model import is_onnx_name
-
-        weights = None if is_onnx_name(backbone) else "imagenet"
+        weights = default_weights(backbone)
     if backbone is not None or backbone_weights is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_weights=weights))
-    _show(run_pipeline(data, work, cfg), work)
+    _show(run_pipeline(data, work, apply_settings(cfg, set_ or [])), work)
 
 
 @app.command("demo")
@@ -96,3 +91,38 @@ def demo_cmd(
     _show(results, work)
     out.print(f"next: isc-qk pipeline --data YOUR_DISC_FOLDER --work runs/mine   "
               f"(train/, references/, queries/, ground_truth.csv; re-run to resume)")
+
+
+@app.command("recipe")
+def recipe_cmd(
+    name: Optional[str] = typer.Argument(None, help="A recipe (paper, gist, sscd, demo, demo-sscd, quick); none: list them."),
+    data: str = typer.Option("DATA", "--data", help="The DISC-layout folder to write into the commands."),
+    work: str = typer.Option("W", "--work", help="The work folder to write into the commands."),
+) -> None:
+    """Print a recipe: what it changes from the paper's settings, and the stage-by-stage commands
+    that give the descriptors `isc-qk pipeline --recipe NAME` gives."""
+    from rich.table import Table
+
+    from ..errors import UserError
+    from ..pipeline.commands import changes_table, stage_commands
+    from ..recipes import RECIPES
+    from ..ui import out
+
+    if name is None:
+        t = Table(title="recipes (isc-qk recipe NAME for one)")
+        for col in ("recipe", "changes", "what"):
+            t.add_column(col)
+        for r in RECIPES.values():
+            t.add_row(r.name, r.base or "-", r.summary)
+        out.print(t)
+        return
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
+    paper = RECIPES["paper"].config()
+    t = Table(title=f"recipe {name}: settings that differ from the paper's")
+    for col in ("setting", "paper", name):
+        t.add_column(col)
+    for key, a, b in changes_table(RECIPES[name].config(), paper):
+        t.add_row(key, repr(a), repr(b))
+    out.print(t)
+    out.print("\n".join(stage_commands(name, data, work)), highlight=False, soft_wrap=True)

@@ -28,6 +28,7 @@ from .metrics import MatchMetrics, metrics_from_arrays
 from .search import Pairs, global_top_pairs, knn_pairs
 
 RESULTS_PER_QUERY = 10  # the leaderboard's cap: 10 x number of queries
+PAIR_BYTES = 64  # memory per kept pair while searching and scoring (indices, distances, sort keys, copies)
 
 
 @dataclass
@@ -114,6 +115,11 @@ def evaluate(
     rows = _searched_rows(query, gt, all_queries)
     xq = query.vectors[rows]
     cap = None
+    from ..stages.resources import check_memory
+
+    kept = len(rows) * min(knn, len(reference.ids)) if knn is not None else \
+        min(max_results if max_results is not None else RESULTS_PER_QUERY * len(rows), len(rows) * len(reference.ids))
+    check_memory(PAIR_BYTES * kept, f"keeping {kept:,} (query, reference) pairs", "lower --max-results or --knn")
     wall0, cpu0 = time.perf_counter(), time.process_time()
     if knn is not None:
         pairs = knn_pairs(xq, reference.vectors, knn, threads=threads)

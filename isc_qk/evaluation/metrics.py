@@ -37,7 +37,6 @@ Worked example (P = 3 ground-truth pairs, four predictions)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -158,15 +157,6 @@ def recall_at_rank(ranks: np.ndarray, k: int) -> float:
     return float((ranks < k).mean()) if ranks.size else 0.0
 
 
-def check_no_duplicates(pred_query: Sequence, pred_ref: Sequence) -> None:
-    """A (query, reference) pair predicted twice is an error (it would count twice)."""
-    seen: set = set()
-    for q, r in zip(pred_query, pred_ref):
-        if (q, r) in seen:
-            raise UserError(f"predictions contain the pair ({q}, {r}) more than once")
-        seen.add((q, r))
-
-
 @dataclass
 class MatchMetrics:
     """Every number of the ISC2021 evaluation, plus the PR curve for plotting."""
@@ -182,32 +172,6 @@ class MatchMetrics:
     precisions: np.ndarray = field(repr=False)
     recalls: np.ndarray = field(repr=False)
     thresholds: np.ndarray = field(repr=False)
-
-
-def evaluate_predictions(
-    pred_query: Sequence[str],
-    pred_ref: Sequence[str],
-    scores: Sequence[float],
-    gt_pairs: Sequence[tuple[str, str]],
-) -> MatchMetrics:
-    """Score a list of predictions (string ids, higher score = more similar) against GT pairs.
-
-    Mirrors the official evaluator's rules; predictions of queries absent from the ground truth
-    simply count as false positives, GT pairs never predicted lower recall and AP.
-    """
-    pred_query = np.asarray(list(pred_query), dtype=object)
-    pred_ref = np.asarray(list(pred_ref), dtype=object)
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if not (len(pred_query) == len(pred_ref) == len(s)):
-        raise ValueError("pred_query, pred_ref and scores must have the same length")
-    check_no_duplicates(pred_query, pred_ref)
-    gt = list(dict.fromkeys((str(q), str(r)) for q, r in gt_pairs))
-    where = {(q, r): i for i, (q, r) in enumerate(zip(pred_query.tolist(), pred_ref.tolist()))}
-    match_index = np.array([where.get(p, -1) for p in gt], dtype=np.int64)
-    is_pos = np.zeros(len(s), dtype=bool)
-    is_pos[match_index[match_index >= 0]] = True
-    q_codes = np.unique(pred_query, return_inverse=True)[1] if len(pred_query) else np.zeros(0, int)
-    return metrics_from_arrays(q_codes, s, is_pos, match_index, len(gt))
 
 
 def metrics_from_arrays(

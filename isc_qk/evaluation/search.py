@@ -86,8 +86,9 @@ def faiss_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    if threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
+    from ..stages.resources import check_workers
+
+    check_workers(threads, "--threads")
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(threads)
     try:

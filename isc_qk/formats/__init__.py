@@ -15,7 +15,8 @@ The tool's own:
 * `manifest` - the augmentation manifest ``query_id,source_id,ops``;
 * `pca` - fitted PCAs (``.npz`` + ``.json``); `normalizer` - ``norm.npz``;
 * `checkpoint` - training checkpoints; `losses` - ``losses.csv``; `results` - the results table;
-* `atomic` - temp-file-then-rename writes, JSON; `ids`, `hdf5` - helpers of the above.
+* `atomic` - temp-file-then-rename writes (room reserved), JSON; `npy` - ``.npy`` files
+  written row by row through plain writes; `ids` (ids that round-trip), `hdf5` - helpers of the above.
 """
 
 from .atomic import atomic_path, read_json, save_keras_weights, save_npz, write_json

@@ -11,6 +11,8 @@ complete); stale folders are removed on the next save.
 from __future__ import annotations
 
 import shutil
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from ..errors import UserError
 from .atomic import read_json, save_npz, write_json
 
 POINTER = "latest.json"
+_DIR = re.compile(r"^step-(\d{8,})$")
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "state.json"
 
@@ -59,12 +62,22 @@ def latest_checkpoint(root: str | Path) -> Checkpoint | None:
     root = Path(root)
     if not (root / POINTER).is_file():
         return None
+    restart = f"delete {root} to restart from the starting model"
     ptr = read_json(root / POINTER)
-    path = root / str(ptr.get("dir", ""))
+    name, step = ptr.get("dir"), ptr.get("step")
+    m = _DIR.match(name) if isinstance(name, str) else None
+    if m is None or type(step) is not int or int(m.group(1)) != step:
+        raise UserError(f"{root / POINTER}: damaged checkpoint pointer; {restart}")
+    path = root / name
     if not (path / STATE_FILE).is_file() or not (path / OPTIMIZER_FILE).is_file():
-        raise UserError(f"{root}: checkpoint pointer names an incomplete checkpoint; delete {root} to restart")
+        raise UserError(f"{root}: checkpoint pointer names an incomplete checkpoint; {restart}")
     state = read_json(path / STATE_FILE)
-    return Checkpoint(path, int(state["step"]), state)
+    losses, stats = state.get("losses", []), state.get("stats", [])
+    if (state.get("step") != step or not isinstance(losses, list) or len(losses) < step
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in losses)
+            or not isinstance(stats, list) or not all(isinstance(x, dict) for x in stats)):
+        raise UserError(f"{path / STATE_FILE}: damaged checkpoint state; {restart}")
+    return Checkpoint(path, step, state)
 
 
 def restore_optimizer(optimizer, ckpt: Checkpoint) -> None:
@@ -72,10 +85,13 @@ def restore_optimizer(optimizer, ckpt: Checkpoint) -> None:
     try:
         with np.load(ckpt.path / OPTIMIZER_FILE) as z:
             arrays = [z[k] for k in sorted(z.files)]
-    except (OSError, ValueError) as e:
-        raise UserError(f"{ckpt.path / OPTIMIZER_FILE}: cannot read ({e})") from None
+    except Exception as e:  # zip, pickle, truncation and key errors of a damaged file
+        raise UserError(f"{ckpt.path / OPTIMIZER_FILE}: cannot read ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:120]}); delete the output folder to restart") from None
     variables = list(optimizer.variables)
     if len(arrays) != len(variables) or any(tuple(a.shape) != tuple(v.shape) for a, v in zip(arrays, variables)):
         raise UserError(f"{ckpt.path}: optimizer state does not fit this model; delete the output folder to restart")
+    if not all(np.issubdtype(a.dtype, np.number) and np.isfinite(a).all() for a in arrays):
+        raise UserError(f"{ckpt.path / OPTIMIZER_FILE}: optimizer state holds NaN or inf; delete the output folder to restart")
     for v, a in zip(variables, arrays):
         v.assign(a)

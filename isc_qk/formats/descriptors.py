@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .atomic import atomic_path
-from .hdf5 import open_h5, read_ids, read_vectors
+from .atomic import atomic_path, ensure_room
+from .hdf5 import check_rows, open_h5, read_ids, read_vectors
 from .ids import ascii_ids, check_unique
 
 
@@ -63,10 +63,7 @@ def read_descriptors(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> 
         with open_h5(p) as f:
             x = read_vectors(f, "vectors", p)
             ids = read_ids(f, "image_names", p)
-        if x.ndim != 2:
-            raise UserError(f"{p}: 'vectors' must be 2-D (n x d), got shape {x.shape}")
-        if len(ids) != len(x):
-            raise UserError(f"{p}: {len(ids)} image_names for {len(x)} vectors")
+        check_rows(x, ids, "vectors", "image_names", p)
         if dim is not None and x.shape[1] != dim:
             raise UserError(f"{p}: dimension {x.shape[1]} differs from {dim} in the other files")
         dim = x.shape[1]
@@ -88,6 +85,7 @@ def write_descriptors(path: str | os.PathLike, desc: Descriptors) -> None:
     check_vectors(desc.vectors, str(path))
     check_unique(desc.ids, str(path))
     names = ascii_ids(desc.ids, str(path))
+    ensure_room(path, desc.vectors.shape[0] * (desc.vectors.shape[1] * 4 + 32))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("vectors", data=np.asarray(desc.vectors, dtype=np.float32))

@@ -1,6 +1,9 @@
 """Ground-truth CSV: header ``query_id,reference_id``; an empty reference means "no match".
 
 A query may have more than one row (several references); every listed query is searched.
+A row listed twice, a query listed both as a distractor and with a match, or an id that no
+descriptor file could hold (a NUL byte, a newline...) is refused with its line number: the
+official tool would count a duplicated pair twice.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .atomic import atomic_path
+from .ids import id_problem
 
 
 @dataclass
@@ -43,6 +47,9 @@ def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
         raise UserError(f"{path}: expected header 'query_id,reference_id'")
     queries: dict[str, None] = {}
     pairs: dict[tuple[str, str], None] = {}
+    seen: dict[tuple[str, str], int] = {}  # row -> line
+    distractor: dict[str, int] = {}  # query listed with an empty reference -> line
+    matched: dict[str, int] = {}  # query listed with a reference -> first line
     for lineno, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
             continue
@@ -51,10 +58,22 @@ def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
         q, r = row[0].strip(), row[1].strip()
         if not q:
             raise UserError(f"{path}:{lineno}: empty query_id")
+        for name, v in (("query_id", q), ("reference_id", r)):
+            why = id_problem(v) if v else None
+            if why:
+                raise UserError(f"{path}:{lineno}: {name} {v!r} cannot be an image id ({why})")
+        if (q, r) in seen:
+            raise UserError(f"{path}:{lineno}: duplicate {'pair' if r else 'row'} {q},{r} (repeats line {seen[q, r]})")
+        seen[q, r] = lineno
+        if r:
+            matched.setdefault(q, lineno)
+        else:
+            distractor[q] = lineno
+        if q in distractor and q in matched:
+            raise UserError(f"{path}:{lineno}: query {q} is listed without a reference (line {distractor[q]}) "
+                            f"and with one (line {matched[q]})")
         queries.setdefault(q)
         if r:
-            if (q, r) in pairs:
-                raise UserError(f"{path}:{lineno}: duplicate pair {q},{r}")
             pairs.setdefault((q, r))
     return GroundTruth(list(queries), list(pairs))
 

@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .ids import IMAGE_SUFFIXES, image_id
+from .ids import IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES, check_ids, image_id
+
+#: Longest / shortest side beyond which a picture is refused as unreadable (a 1 x 20000 strip):
+#: no edit, crop or resize of it is meaningful, and edits that use it as "another image" break
+MAX_ASPECT = 50
 
 
 @dataclass(frozen=True)
@@ -28,13 +32,14 @@ class ImageFile:
 def list_images(folder: str | os.PathLike) -> list[ImageFile]:
     """All image files of a folder (not recursive), sorted by id so every run sees one order.
 
-    Ids become ASCII strings in the ISC2021 files, so a non-ASCII file name is refused here,
-    named, before any work is done.
+    Ids are written to every output file and read back, so file names that would not come
+    back unchanged (non-ASCII, a newline, a trailing space, ``x.jpg.png``...) and two files with
+    one id (``x.jpg`` and ``x.png``) are refused here, all named, before any work is done.
+    Files in other image formats (.tif, .webp...) are not read; a warning lists them.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        what = "is a file, not an image folder" if folder.exists() else "image folder not found"
-        raise UserError(f"{folder}: {what}")
+        raise UserError(f"{folder}: {_not_a_folder(folder)}")
     try:
         entries = list(folder.iterdir())
     except OSError as e:
@@ -44,17 +49,41 @@ def list_images(folder: str | os.PathLike) -> list[ImageFile]:
         for p in entries
         if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
     ]
+    _warn_other_formats(folder, entries)
     if not files:
         raise UserError(f"{folder}: no .jpg/.jpeg/.png images found")
-    for f in files:
-        if not f.id.isascii():
-            raise UserError(f"{f.path}: the file name is not ASCII (ISC2021 ids are ASCII); rename it")
     files.sort(key=lambda f: f.id)
-    ids = [f.id for f in files]
-    if len(set(ids)) != len(ids):
-        dup = next(a for a, b in zip(ids, ids[1:]) if a == b)
-        raise UserError(f"{folder}: two files share the id {dup!r} (e.g. .jpg and .png)")
+    check_ids([f.id for f in files], str(folder), names=[repr(f.path.name) for f in files])
     return files
+
+
+def _not_a_folder(folder: Path) -> str:
+    """Why `folder` is not a folder we can read, in words."""
+    if folder.is_symlink() and not folder.exists():
+        return f"a broken symbolic link (to {os.readlink(folder)})"
+    try:
+        folder.stat()
+    except PermissionError:
+        return "cannot be read (permission denied on a folder above it)"
+    except OSError:
+        return "image folder not found"
+    return "is a file, not an image folder"
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_other_formats(folder: Path, entries: list[Path]) -> None:
+    """One warning per folder and process: images in formats the tool does not read."""
+    other = sorted(p.name for p in entries if p.suffix.lower() in OTHER_IMAGE_SUFFIXES and not p.name.startswith("."))
+    key = os.path.abspath(folder)
+    if other and key not in _WARNED:
+        from ..ui import warn
+
+        _WARNED.add(key)
+        shown = ", ".join(other[:5]) + (f" ... ({len(other)} in all)" if len(other) > 5 else "")
+        warn(f"{folder}: {len(other)} image file(s) in a format isc-qk does not read (only .jpg/.jpeg/.png) are "
+             f"left out: {shown}; convert them to .jpg or .png to use them")
 
 
 class BadImage(Exception):
@@ -70,9 +99,14 @@ def load_rgb(path: str | os.PathLike):
 
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+                raise BadImage(f"{path}: {w} x {h} px: too thin to be a picture (sides over {MAX_ASPECT}:1)")
             im.load()
             im = ImageOps.exif_transpose(im)
             return to_rgb8(im)
+    except BadImage:
+        raise
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, DecompressionBombError...)
         msg = str(e).splitlines()[0] if str(e) else "unreadable"
         raise BadImage(f"{path}: {type(e).__name__}: {msg[:200]}") from None
@@ -100,11 +134,3 @@ def to_rgb8(im):
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return im.convert("RGB")
-
-
-def load_resized(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode and resize to size x size (bilinear), uint8 HxWx3: the CNN backbones' input."""
-    from PIL import Image
-
-    im = load_rgb(path)
-    return np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)

@@ -106,9 +106,15 @@ class PCAModel:
                 var = z["explained_variance"] if "explained_variance" in z.files else None
             cfg_file = config_path(path)
             config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
-            return cls(mean=mean, components=comps, explained_variance=var, config=config)
+            if not isinstance(config, dict):
+                raise ValueError(f"{cfg_file.name} is not a JSON object")
+            model = cls(mean=mean, components=comps, explained_variance=var, config=config)
+            arrays = (model.mean, model.components) + (() if var is None else (np.asarray(var, np.float64),))
+            if not all(np.isfinite(a).all() for a in arrays) or model.dim == 0 or model.input_dim == 0:
+                raise ValueError("empty, or holds NaN or inf")
+            return model
         except Exception as e:  # zip, pickle, key and shape errors of a damaged or foreign file
-            raise UserError(f"{path}: not a PCA file ({type(e).__name__}: {str(e)[:120]})") from None
+            raise UserError(f"{path}: not a PCA file ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
 
 
 def npz_path(path: str | os.PathLike) -> Path:

@@ -6,9 +6,10 @@ One row per (method, phase, normalisation), like the QK paper's Table 2.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..errors import UserError
 from .atomic import atomic_path, read_json, write_json
 
 
@@ -36,7 +37,14 @@ class Results:
         self.path = Path(path)
         self.rows: list[ResultRow] = []
         if self.path.is_file():
-            self.rows = [ResultRow(**r) for r in read_json(self.path).get("rows", [])]
+            rows = read_json(self.path).get("rows", [])
+            names = {f.name for f in fields(ResultRow)}
+            try:
+                if not isinstance(rows, list) or not all(isinstance(r, dict) and set(r) <= names for r in rows):
+                    raise TypeError
+                self.rows = [ResultRow(**r) for r in rows]
+            except TypeError:
+                raise UserError(f"{self.path}: not a results file of isc-qk (its rows are damaged)") from None
 
     def get(self, method: str, phase: str, normalization: str = "none") -> ResultRow | None:
         return next((r for r in self.rows if r.key == (method, phase, normalization)), None)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .atomic import atomic_path
+from .atomic import atomic_path, ensure_room
 from .descriptors import Descriptors, check_vectors
-from .hdf5 import open_h5, read_ids, read_vectors
+from .hdf5 import check_rows, open_h5, read_ids, read_vectors
 from .ids import ascii_ids, check_unique
 
 MAX_SUBMISSION_DIM = 256
@@ -42,6 +42,7 @@ def write_submission(path: str | os.PathLike, query: Descriptors, reference: Des
 
     validate_submission(query, reference)
     q, r = query.sorted(), reference.sorted()
+    ensure_room(path, sum(d.vectors.shape[0] * (d.vectors.shape[1] * 4 + 32) for d in (q, r)))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("query", data=q.vectors.astype(np.float32))
@@ -53,7 +54,11 @@ def write_submission(path: str | os.PathLike, query: Descriptors, reference: Des
 def read_submission(path: str | os.PathLike) -> Submission:
     p = Path(path)
     with open_h5(p) as f:
-        q = Descriptors(read_ids(f, "query_ids", p), read_vectors(f, "query", p))
-        r = Descriptors(read_ids(f, "reference_ids", p), read_vectors(f, "reference", p))
+        parts = []
+        for vec, ids_name in (("query", "query_ids"), ("reference", "reference_ids")):
+            x, ids = read_vectors(f, vec, p), read_ids(f, ids_name, p)
+            check_rows(x, ids, vec, ids_name, p)
+            parts.append(Descriptors(ids, x))
+    q, r = parts
     validate_submission(q, r)
     return Submission(q, r)

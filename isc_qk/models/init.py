@@ -1,41 +1,41 @@
-"""`isc-qk init-model`: the starting model folder (pretrained backbones, residual heads)."""
+"""`isc-qk init-model`: the starting model folder (pretrained backbones, residual heads).
+
+A stage output like every other (`stages.artifact`): the folder's record
+(``init_model_config.json``) holds the ModelConfig and the fingerprint of the start PCA it was
+made from, so a re-run with the same settings and PCA is a no-op, and one with other settings or
+another PCA is refused rather than silently keeping (or overwriting) the old model.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from ..configs import ModelConfig, diff, to_dict
+from ..configs import ModelConfig
 from ..errors import UserError
-from ..formats.atomic import read_json
-from ..formats.pca import PCAModel
-from ..stages import guard
-from ..starts.registry import StartDescriptor
-from ..stages.lock import exclusive
-from .qk_model import CONFIG_FILE, QKModel
+from ..formats.pca import PCAModel, config_path, npz_path
+from ..stages import fingerprint
+from ..stages.artifact import Artifact, Input
+from ..starts.start import pca_file_name
+from .qk_model import QKModel, check_model_config, model_files
+
+KIND = "qk-model"
 
 
 def init_model(pca_path: str | os.PathLike, cfg: ModelConfig, out_dir: str | os.PathLike) -> Path:
-    """Create the starting QK model folder; untrained, it reproduces the start descriptor.
-
-    A folder that already holds a model with the same ModelConfig is kept (idempotent);
-    one with another config is refused rather than overwritten.
-    """
-    out, pca_path = Path(out_dir), Path(pca_path)
-    guard.check_paths({"--out": out}, {"--pca": pca_path}, {"--out": True})
-    cfg.validate()
+    """Create the starting QK model folder; untrained, it reproduces the start descriptor."""
+    out, pca_path = Path(out_dir), npz_path(pca_path)
+    check_model_config(cfg)
     pca = PCAModel.load(pca_path)  # before anything is written: a damaged PCA is a one-line error
     if pca.dim != cfg.dim:
         raise UserError(f"{pca_path}: the PCA has {pca.dim} dimensions, the model needs {cfg.dim}")
-    StartDescriptor(cfg.residual).check_pca(pca, str(pca_path))
-    out.mkdir(parents=True, exist_ok=True)
-    with exclusive(out / ".init-model.lock", str(out)):
-        if (out / CONFIG_FILE).is_file():
-            old = read_json(out / CONFIG_FILE).get("config", {})
-            changes = diff({k: v for k, v in old.items() if k != "spec"}, to_dict(cfg))
-            if changes:
-                raise UserError(f"{out}: holds a model with other settings ({'; '.join(changes[:4])}); choose another --out")
-            QKModel.load(out)  # complete and readable, else UserError
-            return out
-        QKModel.create(cfg, pca).save(out)
+    files = [pca_path] + ([config_path(pca_path)] if config_path(pca_path).is_file() else [])
+    art = Artifact(out, KIND, layout="folder", stage="init_model")
+    # every file of the model folder is declared: without this stage's record, one that exists
+    # is not ours and the run is refused (a model or a user's file already there)
+    writes = model_files(out, cfg) + [config_path(out / pca_file_name(cfg.residual))]
+    with art.open(cfg, [Input("--pca", pca_path, fingerprint.of_files(files))], writes=writes) as state:
+        if not state.done:
+            QKModel.create(cfg, pca).save(out)
+            art.finish({"model": str(out)})
     return out

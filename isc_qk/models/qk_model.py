@@ -1,29 +1,32 @@
 """The Q and K descriptor models of QK Iteration, and the model folder that holds them.
 
 Both sides have the same architecture with separate weights (queries are edited copies,
-keys are originals: different distributions, so the paper trains two models):
+keys are originals: different distributions, so the paper trains two models). A side is
+(encoder, start, head):
 
-    image -> backbone -> pooled features --+
-    image -> start descriptor -> PCA ------+-> concat -> FFN head -> 256-d
-    descriptor = residual_scale * FFN(concat) + start
+    image -> encoder (the backbone) -> pooled features --+
+    image -> start: frozen encoder -> PCA -----------------+-> concat -> head -> dim
+    descriptor = residual_scale * FFN(concat) + start     (`heads`)
 
-The start is a frozen descriptor's PCA-256 fitted on training images (`starts`): GIST-PCA256 as
+The start (`starts.Start`) is a frozen encoder's PCA fitted on training images: GIST-PCA256 as
 in the paper, or SSCD's. An untrained model reproduces that baseline, so training starts from
-a useful descriptor instead of noise. The backbone is a trainable Keras model (EfficientNet-
-Lite, B3, your own ``keras:PATH``) or a frozen ONNX model (``sscd``, ``onnx:PATH``), whose
-side is then never trained and only precomputed.
+a useful descriptor instead of noise. The backbone is any encoder (`encoders`): a trainable
+Keras model (EfficientNet-Lite, B3, your own ``keras:PATH``), or a frozen one (an ONNX model
+such as SSCD, or a Keras backbone with ``freeze_backbone``), whose features are then computed
+once per image and only the heads train.
 
 A model folder holds everything `describe` needs besides the images: ``config.json``
-(ModelConfig + backbone spec), ``{q,k}_head.weights.h5``, ``{q,k}_backbone.weights.h5`` (Keras
-backbones), ``backbone.keras`` (a ``keras:PATH`` backbone's architecture) and the start PCA
-(``gist_pca.npz`` / ``sscd_pca.npz``...), so descriptors can be computed from images alone.
+(ModelConfig + the encoder's spec), ``{q,k}_head.weights.h5``, ``{q,k}_backbone.weights.h5``
+(Keras backbones), the encoder's own files (``backbone.keras`` of a ``keras:PATH`` backbone) and
+the start PCA (``gist_pca.npz`` / ``sscd_pca.npz``...), so descriptors can be computed from
+images alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,12 +34,14 @@ import numpy as np
 
 from .. import __version__
 from ..configs import ModelConfig, from_dict, to_dict
+from ..encoders import Encoder, create, is_trainable, parse
+from ..encoders.registry import encoder_class
 from ..errors import UserError
-from ..formats.atomic import atomic_path, read_json, save_keras_weights, write_json
-from ..formats.pca import PCAModel
+from ..formats.atomic import ROOM_MARGIN, ensure_room, read_json, save_keras_weights, write_json
+from ..formats.pca import PCAModel, config_path
 from ..stages import fingerprint
-from ..starts.registry import StartDescriptor
-from .backbones import KERAS_FILE, BackboneSpec, backbone_spec, build_backbone, keras_file
+from ..stages.resources import check_memory
+from ..starts.start import Start, pca_file_name
 from .heads import build_head
 
 if TYPE_CHECKING:  # heavy modules only for type hints
@@ -48,41 +53,55 @@ CONFIG_KIND = "qk-model"
 SIDES = ("q", "k")
 
 
-def pca_file_name(residual: str) -> str:
-    """``gist_pca.npz``, ``sscd_pca.npz``...: the start PCA inside a model folder."""
-    return f"{StartDescriptor(residual).slug}_pca.npz"
+def check_model_config(cfg: ModelConfig) -> None:
+    """Settings and names, without loading anything: the config's own ranges, a known backbone,
+    a known start that can be a start (a frozen encoder)."""
+    cfg.validate()
+    parse(cfg.backbone, "backbone")
+    parse(cfg.residual, "residual start")
+    if is_trainable(cfg.residual):
+        raise UserError(f"--residual {cfg.residual}: a trainable backbone cannot be a residual start; choose a frozen "
+                        "descriptor (gist, sscd, sscd-distilled, onnx:PATH)")
 
 
-def weights_files(model_dir: str | os.PathLike, frozen_backbone: bool = False) -> dict[str, Path]:
-    """The weight files of a model folder, keyed "q_backbone", "q_head", ... (no backbone
-    files for a frozen ONNX backbone)."""
+def weights_files(model_dir: str | os.PathLike, backbone_weights: bool = True) -> dict[str, Path]:
+    """The weight files of a model folder, keyed "q_backbone", "q_head", ... (backbone files only
+    for encoders with weights: Keras backbones)."""
     d = Path(model_dir)
-    parts = ("head",) if frozen_backbone else ("backbone", "head")
+    parts = ("backbone", "head") if backbone_weights else ("head",)
     return {f"{s}_{part}": d / f"{s}_{part}.weights.h5" for s in SIDES for part in parts}
 
 
-class QKModel:
-    """Q and K backbones and heads, the config, and the start PCA they were trained with."""
+@dataclass
+class QKSide:
+    """One side: its backbone encoder, the (shared) start, its head."""
 
-    def __init__(self, cfg: ModelConfig, spec: BackboneSpec, pca: PCAModel, q_backbone, k_backbone,
-                 q_head: "keras.Model", k_head: "keras.Model") -> None:
-        self.cfg, self.spec, self.pca = cfg, spec, pca
-        self.start = StartDescriptor(cfg.residual)
-        self.q_backbone, self.k_backbone = q_backbone, k_backbone
-        self.q_head, self.k_head = q_head, k_head
+    name: str  # "q" or "k"
+    encoder: Encoder
+    start: Start
+    head: "keras.Model"
+
+
+class QKModel:
+    """Q and K sides, the config, and the start they were trained with."""
+
+    def __init__(self, cfg: ModelConfig, q: QKSide, k: QKSide) -> None:
+        self.cfg, self.q, self.k = cfg, q, k
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(cls, cfg: ModelConfig, pca: PCAModel) -> "QKModel":
         """Fresh model: pretrained backbones (same start on both sides), seeded heads."""
-        cfg.validate()
-        _check_pca(pca, cfg, "the start PCA")
-        spec = backbone_spec(cfg.backbone)
-        q_bb = build_backbone(cfg.backbone, cfg.backbone_weights)
-        k_bb = build_backbone(cfg.backbone, cfg.backbone_weights)
-        q_head = build_head(spec.feature_dim, cfg, seed=cfg.seed)
-        k_head = build_head(spec.feature_dim, cfg, seed=cfg.seed + 1)
-        return cls(cfg, spec, pca, q_bb, k_bb, q_head, k_head)
+        check_model_config(cfg)
+        start = _start(cfg, pca, "the start PCA")
+        sides = []
+        for i, s in enumerate(SIDES):
+            enc = create(cfg.backbone, trainable=not cfg.freeze_backbone, weights=cfg.backbone_weights)
+            if i == 0:
+                check_memory(cfg.head_bytes(enc.spec.dim), f"--head-hidden {cfg.head_hidden} (two heads, with "
+                             "gradients and Adam's slots)", "use a smaller --head-hidden")
+            sides.append(QKSide(s, enc, start, build_head(enc.spec.dim, cfg, seed=cfg.seed + i)))
+        return cls(cfg, *sides)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike) -> "QKModel":
@@ -90,72 +109,97 @@ class QKModel:
         d = Path(model_dir)
         if not d.is_dir():
             raise UserError(f"{d}: model folder not found")
-        if not (d / CONFIG_FILE).is_file():
-            raise UserError(f"{d}: not a complete model folder (missing {CONFIG_FILE})")
-        meta = read_json(d / CONFIG_FILE)
-        if meta.get("kind") != CONFIG_KIND:
-            raise UserError(f"{d / CONFIG_FILE}: not a QK model config (kind {meta.get('kind')!r})")
-        cfg = from_dict(ModelConfig, meta.get("config", {}))
-        spec = backbone_spec(cfg.backbone, d)
-        cfg.validate(d)
-        missing = [p.name for p in model_files(d, cfg, spec) if not p.is_file()]
+        cfg = read_config(d)
+        try:
+            check_model_config(cfg)
+        except UserError as e:
+            raise UserError(f"{d / CONFIG_FILE}: {e}") from None
+        missing = [p.name for p in model_files(d, cfg) if not p.is_file()]
         if missing:
             raise UserError(f"{d}: not a complete model folder (missing {', '.join(missing)})")
         pca_path = d / pca_file_name(cfg.residual)
         try:
             pca = PCAModel.load(pca_path)
         except UserError as e:
-            what = "GIST" if cfg.residual == "gist" else cfg.residual
+            what = parse(cfg.residual).short_label
             raise UserError(f"{pca_path}: cannot read the {what} PCA ({str(e).split(': ', 1)[-1]})") from None
-        _check_pca(pca, cfg, str(pca_path))
+        start = _start(cfg, pca, str(pca_path))
         # weights=None: the saved files hold the trained weights; no need to fetch ImageNet ones
-        models = {}
+        sides = {}
         for s in SIDES:
-            models[f"{s}_backbone"] = build_backbone(cfg.backbone, None, folder=d)
-            models[f"{s}_head"] = build_head(spec.feature_dim, cfg)
-        for key, path in weights_files(d, spec.frozen).items():
+            enc = create(cfg.backbone, trainable=not cfg.freeze_backbone, weights=None, folder=d)
+            sides[s] = QKSide(s, enc, start, build_head(enc.spec.dim, cfg))
+        model = cls(cfg, sides["q"], sides["k"])
+        for key, path in weights_files(d, model.q.encoder.model is not None).items():
+            side, part = key.split("_")
+            target = model.side(side).encoder.model if part == "backbone" else model.head(side)
             try:
-                models[key].load_weights(str(path))
+                target.load_weights(str(path))
             except Exception as e:  # corrupt/truncated/mismatched h5: Keras raises many types
                 raise UserError(f"{path}: cannot load weights ({type(e).__name__}: {str(e)[:120]})") from None
-        return cls(cfg, spec, pca, **models)
+        return model
 
     def save(self, model_dir: str | os.PathLike) -> None:
-        """Write the model folder, each file atomically (temp name + os.replace)."""
+        """Write the model folder, each file atomically (temp name + os.replace); if the save fails
+        (a full disk...), the files it had created are removed again: no half model is left."""
         d = Path(model_dir)
         d.mkdir(parents=True, exist_ok=True)
-        if self.cfg.backbone.startswith("keras:") and not (d / KERAS_FILE).is_file():
-            with atomic_path(d / KERAS_FILE) as tmp:  # the architecture travels with the weights
-                shutil.copyfile(keras_file(self.cfg.backbone), tmp)
-        for key, path in weights_files(d, self.spec.frozen).items():
-            side, part = key.split("_")
-            save_keras_weights(self.backbone(side) if part == "backbone" else self.head(side), path)
-        self.pca.save(d / pca_file_name(self.cfg.residual))
-        write_json(d / CONFIG_FILE, {"kind": CONFIG_KIND, "isc_qk_version": __version__,
-                                     "config": {**to_dict(self.cfg), "spec": dataclasses.asdict(self.spec)}})
+        files = model_files(d, self.cfg) + [config_path(d / pca_file_name(self.cfg.residual))]
+        new = [p for p in files if not p.exists()]
+        weights = [w for s in SIDES for part in (self.backbone(s), self.head(s)) if part is not None for w in part.weights]
+        ensure_room(d / CONFIG_FILE, sum(int(np.prod(w.shape)) * 4 for w in weights) + 4 * ROOM_MARGIN)
+        try:
+            self._save_files(d)
+        except BaseException:  # a failed save removes what it wrote
+            for p in new:
+                p.unlink(missing_ok=True)
+            raise
 
-    # ------------------------------------------------------------------ forward passes
-    def backbone(self, side: str):
-        return {"q": self.q_backbone, "k": self.k_backbone}[_side(side)]
+    def _save_files(self, d: Path) -> None:
+        self.q.encoder.install(d)
+        for key, path in weights_files(d, self.q.encoder.model is not None).items():
+            side, part = key.split("_")
+            save_keras_weights(self.side(side).encoder.model if part == "backbone" else self.head(side), path)
+        self.start.pca.save(d / pca_file_name(self.cfg.residual))
+        spec = {"encoder": self.q.encoder.id, **dataclasses.asdict(self.spec)}
+        write_json(d / CONFIG_FILE, {"kind": CONFIG_KIND, "isc_qk_version": __version__,
+                                     "config": {**to_dict(self.cfg), "spec": spec}})
+
+    # ------------------------------------------------------------------ parts
+    def side(self, side: str) -> QKSide:
+        return {"q": self.q, "k": self.k}[_side(side)]
 
     def head(self, side: str) -> "keras.Model":
-        return {"q": self.q_head, "k": self.k_head}[_side(side)]
+        return self.side(side).head
+
+    def backbone(self, side: str) -> "keras.Model | None":
+        """The Keras model of a side's backbone (None for encoders without weights)."""
+        return self.side(side).encoder.model
 
     @property
-    def onnx(self) -> bool:
-        """True when the backbone is an ONNX model: its features are computed outside TensorFlow."""
-        return self.spec.frozen
+    def start(self) -> Start:
+        return self.q.start
+
+    @property
+    def pca(self) -> PCAModel:
+        return self.start.pca
+
+    @property
+    def spec(self):
+        """The backbone encoder's spec (both sides have the same architecture)."""
+        return self.q.encoder.spec
 
     @property
     def frozen(self) -> bool:
-        """True when the backbone is never trained (an ONNX model, or `freeze_backbone`): each
-        side's features are then precomputed once per image and only the heads train."""
-        return self.spec.frozen or self.cfg.freeze_backbone
+        """True when the backbone never trains: each side's features are then precomputed once
+        per image and only the heads train."""
+        return not self.spec.trainable
 
+    # ------------------------------------------------------------------ forward passes
     def features(self, side: str, images, start) -> "tf.Tensor":
         """concat(backbone(images), start) as float32 (B, feature_dim + dim): the head input.
 
-        `images`: (B, S, S, 3) pixels for a Keras backbone, or the (B, feature_dim) features a
+        `images`: (B, S, S, 3) pixels for a trainable backbone, or the (B, feature_dim) features a
         frozen backbone already gave. The Keras backbone runs with training=False: BN is frozen
         anyway, and stochastic depth / dropout would make the Q and K features of the same
         image disagree from step to step.
@@ -165,12 +209,12 @@ class QKModel:
         images = tf.convert_to_tensor(images, tf.float32)
         start = tf.convert_to_tensor(start, tf.float32)
         if start.shape.rank != 2 or start.shape[-1] != self.cfg.dim:
-            raise UserError(f"{self.start.slug}256 must be (B, {self.cfg.dim}), got {tuple(start.shape)}")
+            raise UserError(f"start vectors must be (B, {self.cfg.dim}), got {tuple(start.shape)}")
         if images.shape[0] != start.shape[0]:
             raise UserError(f"{images.shape[0]} images but {start.shape[0]} start vectors")
-        if self.onnx:
-            if images.shape.rank != 2 or images.shape[-1] != self.spec.feature_dim:
-                raise UserError(f"backbone features must be (B, {self.spec.feature_dim}), got {tuple(images.shape)}")
+        if self.frozen:
+            if images.shape.rank != 2 or images.shape[-1] != self.spec.dim:
+                raise UserError(f"backbone features must be (B, {self.spec.dim}), got {tuple(images.shape)}")
             return tf.concat([images, start], axis=1)
         if images.shape.rank != 4 or images.shape[-1] != 3:
             raise UserError(f"images must be (B, H, W, 3), got {tuple(images.shape)}")
@@ -183,16 +227,9 @@ class QKModel:
 
     # ------------------------------------------------------------------ fingerprints
     def backbone_fingerprint(self, side: str) -> str:
-        """One side's backbone and the start (descriptor + PCA): what a feature table depends on.
-
-        Values, not files, for Keras weights: re-saving the same weights keeps the fingerprint;
-        the file's bytes for a frozen ONNX model (then both sides share it)."""
-        parts = [self.start.fingerprint(), fingerprint.of_arrays(self.pca.fingerprint_arrays())]
-        if self.onnx:
-            from .onnx_model import file_fingerprint
-
-            return fingerprint.of_bytes(file_fingerprint(self.cfg.backbone), *parts)
-        return fingerprint.of_bytes(fingerprint.of_arrays([w.numpy() for w in self.backbone(side).weights]), *parts)
+        """One side's backbone and the start (encoder + PCA): what a feature table depends on.
+        For a frozen encoder both sides share it."""
+        return fingerprint.of_bytes(self.side(side).encoder.fingerprint(), *self.start.fingerprint_parts())
 
     def side_fingerprint(self, side: str) -> str:
         """The backbone fingerprint and the head: what one side's descriptors depend on."""
@@ -200,22 +237,23 @@ class QKModel:
                                     fingerprint.of_arrays([w.numpy() for w in self.head(side).weights]))
 
 
-def model_files(model_dir: str | os.PathLike, cfg: ModelConfig | None = None, spec: BackboneSpec | None = None) -> list[Path]:
-    """The files a model folder consists of (config, start PCA, weights, backbone.keras)."""
+def read_config(model_dir: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of a model folder (UserError if there is none or it is not one)."""
     d = Path(model_dir)
-    if cfg is None:
-        if not (d / CONFIG_FILE).is_file():
-            raise UserError(f"{d}: not a complete model folder (missing {CONFIG_FILE})")
-        cfg = from_dict(ModelConfig, read_json(d / CONFIG_FILE).get("config", {}))
-    frozen = spec.frozen if spec is not None else _frozen_name(cfg.backbone)
-    files = [d / CONFIG_FILE, d / pca_file_name(cfg.residual), *weights_files(d, frozen).values()]
-    return files + ([d / KERAS_FILE] if cfg.backbone.startswith("keras:") else [])
+    if not (d / CONFIG_FILE).is_file():
+        raise UserError(f"{d}: not a complete model folder (missing {CONFIG_FILE})")
+    meta = read_json(d / CONFIG_FILE)
+    if meta.get("kind") != CONFIG_KIND:
+        raise UserError(f"{d / CONFIG_FILE}: not a QK model config (kind {meta.get('kind')!r})")
+    return from_dict(ModelConfig, meta.get("config"), str(d / CONFIG_FILE))
 
 
-def _frozen_name(name: str) -> bool:
-    from .onnx_model import is_onnx_name
-
-    return is_onnx_name(name)
+def model_files(model_dir: str | os.PathLike, cfg: ModelConfig | None = None) -> list[Path]:
+    """The files a model folder consists of (config, start PCA, weights, the encoder's own)."""
+    d = Path(model_dir)
+    cfg = cfg or read_config(d)
+    files = [d / CONFIG_FILE, d / pca_file_name(cfg.residual), *weights_files(d, is_trainable(cfg.backbone)).values()]
+    return files + encoder_class(cfg.backbone).folder_files(d)
 
 
 def files_fingerprint(model_dir: str | os.PathLike) -> str:
@@ -233,8 +271,8 @@ def _side(side: str) -> str:
     return side
 
 
-def _check_pca(pca: PCAModel, cfg: ModelConfig, where: str) -> None:
+def _start(cfg: ModelConfig, pca: PCAModel, where: str) -> Start:
     comps = np.asarray(pca.components)
     if comps.ndim != 2 or comps.shape[0] != cfg.dim:
         raise UserError(f"{where}: the PCA has components of shape {comps.shape}, but the model needs {cfg.dim} dimensions")
-    StartDescriptor(cfg.residual).check_pca(pca, where)
+    return Start(create(cfg.residual, trainable=False), pca, where)

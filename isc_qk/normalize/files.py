@@ -55,8 +55,11 @@ def fit_normalizer_files(train_paths: str | os.PathLike | list[str | os.PathLike
     out_dir = Path(out_dir)
     paths = _existing([Path(train_paths)] if isinstance(train_paths, (str, os.PathLike)) else [Path(p) for p in train_paths])
     inputs = [Input(f"--train {i}" if len(paths) > 1 else "--train", p, fingerprint.of_file(p)) for i, p in enumerate(paths)]
+    from ..formats.normalizer import NORM_FILE
+    from .normalizer import CONFIG_FILE
+
     art = Artifact(out_dir, "normalizer", layout="folder", stage="normalize_fit")
-    with art.open(cfg, inputs, replace_stale=True) as state:
+    with art.open(cfg, inputs, replace_stale=True, writes=[out_dir / NORM_FILE, out_dir / CONFIG_FILE]) as state:
         if state.done:
             norm = Normalizer.load(out_dir)
             return FitResult(out_dir, cfg.method, norm.n_train, norm.input_dim, norm.output_dim, True)

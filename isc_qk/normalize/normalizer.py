@@ -170,8 +170,9 @@ class Normalizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         f32 = lambda v: None if v is None else np.asarray(v, dtype=np.float32)  # noqa: E731
-        save_normalizer_arrays(folder, {"input_dim": np.array(self.input_dim), "n_train": np.array(self.n_train),
-                                        "mean": f32(self.mean), "proj": f32(self.proj), "negatives": f32(self.negatives)})
+        save_normalizer_arrays(folder, {"method": np.array(self.cfg.method), "input_dim": np.array(self.input_dim),
+                                        "n_train": np.array(self.n_train), "mean": f32(self.mean), "proj": f32(self.proj),
+                                        "negatives": f32(self.negatives)})
         write_json(folder / CONFIG_FILE, {"kind": CONFIG_KIND, "config": to_dict(self.cfg)})
 
     @classmethod
@@ -186,13 +187,55 @@ class Normalizer:
         meta = read_json(cfg_path)
         if meta.get("kind") != CONFIG_KIND:
             raise UserError(f"{cfg_path}: not a normaliser config")
-        cfg = from_dict(NormConfig, meta.get("config", {}))
+        cfg = from_dict(NormConfig, meta.get("config"), str(cfg_path))
         cfg.validate()
         arrays = load_normalizer_arrays(folder)
-        if "input_dim" not in arrays or (cfg.method == "nes" and "negatives" not in arrays):
-            raise UserError(f"{folder}: incomplete normaliser file")
+        why = _arrays_problem(arrays, cfg)
+        if why:
+            raise UserError(f"{folder / 'norm.npz'}: does not hold a {cfg.method} normaliser as {cfg_path.name} says "
+                            f"({why}); fit it again with `isc-qk normalize-fit`")
         return cls(cfg=cfg, input_dim=int(arrays["input_dim"]), n_train=int(arrays.get("n_train", 0)),
                    mean=arrays.get("mean"), proj=arrays.get("proj"), negatives=arrays.get("negatives"))
+
+
+def _arrays_problem(a: dict[str, np.ndarray], cfg: NormConfig) -> str | None:
+    """Why the arrays of a ``norm.npz`` cannot be the `cfg.method` normaliser they claim, or None.
+
+    Each method leaves its own set of arrays (`fit_normalizer`): ``none`` and ``nes`` project
+    only inputs wider than ``dim``, ``whiten`` always projects, only ``nes`` has negatives. The
+    file also names its method (files written since it does); everything must agree.
+    """
+    def scalar_int(k: str) -> int | None:
+        v = a.get(k)
+        return int(v) if v is not None and v.ndim == 0 and np.issubdtype(v.dtype, np.integer) else None
+
+    method = a.get("method")
+    if method is not None and (method.ndim != 0 or str(method) != cfg.method):
+        return f"its arrays are a {method} normaliser's"
+    if "input_dim" not in a or (cfg.method == "nes" and "negatives" not in a):
+        return "incomplete: input_dim or the nes negatives are missing"
+    d, n = scalar_int("input_dim"), scalar_int("n_train")
+    if d is None or d < 1 or n is None or n < 0:
+        return "input_dim / n_train are not counts"
+    mean, proj, neg = a.get("mean"), a.get("proj"), a.get("negatives")
+    for k in ("mean", "proj", "negatives"):
+        if a.get(k) is not None and (not np.issubdtype(a[k].dtype, np.floating) or not np.isfinite(a[k]).all()):
+            return f"{k} is not finite floating point"
+    if (mean is None) != (proj is None):
+        return "mean and proj come together"
+    if cfg.method == "whiten" and proj is None:
+        return "whitening needs mean and proj"
+    if cfg.method in ("none", "nes") and (proj is not None) != (d > cfg.dim):
+        return f"a {d}-d input is projected only when wider than --dim {cfg.dim}"
+    if proj is not None:
+        if mean.shape != (d,) or proj.ndim != 2 or proj.shape[0] != d or not 1 <= proj.shape[1] <= cfg.dim:
+            return f"mean {mean.shape} / proj {proj.shape} do not fit {d}-d inputs"
+    out = proj.shape[1] if proj is not None else d
+    if (cfg.method == "nes") != (neg is not None):
+        return "only nes keeps negatives"
+    if neg is not None and (neg.ndim != 2 or neg.shape[1] != out or len(neg) < cfg.k or len(neg) != n):
+        return f"negatives {neg.shape} do not fit {n} training vectors of {out} dims and --k {cfg.k}"
+    return None
 
 
 # --------------------------------------------------------------------------- fitting

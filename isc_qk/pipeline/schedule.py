@@ -1,8 +1,10 @@
 """The whole QK schedule in one call, by calling the same stage functions as the commands.
 
-    gist-pca -> augment -> init-model -> [precompute K -> train-q | precompute Q -> train-k]...
+    gist-pca / descriptor-pca -> augment -> init-model
+        -> [precompute K -> train-q | precompute Q -> train-k]...
 
-on a DISC-layout folder (``train/``, ``references/``, ``queries/``, ``ground_truth.csv``).
+with the settings of one recipe (`isc_qk.recipes`; `pipeline.commands` prints the same stages
+as commands) on a DISC-layout folder (``train/``, ``references/``, ``queries/``, ``ground_truth.csv``).
 After every phase the queries are described with Q and the references with K, evaluated, and a
 row is appended to the results table next to the baselines on the same data: GIST-PCA256,
 off-the-shelf ImageNet backbone features (pooled, L2, PCA-256 fitted on train, L2), and the
@@ -17,9 +19,11 @@ Work folder::
 
     WORK/pipeline_config.json     the record (a different run into the same folder is refused)
     WORK/gist/                    pca.npz + GIST-PCA256 descriptors of train/references/queries
+    WORK/start_<slug>/            the same for another residual start (start_sscd_sq288/...)
     WORK/aug/                     augmented training queries + manifest.csv
-    WORK/models/start, Q1, K1...  model folders (start = ImageNet backbones + GIST residual)
-    WORK/feats/                   float16 feature tables (frozen side of each phase)
+    WORK/models/start, Q1, K1...  model folders (start = pretrained backbones + the residual start)
+    WORK/feats/                   float16 feature tables (frozen side of each phase; a frozen
+                                  backbone's tables are shared by every phase)
     WORK/desc/<run>/              per-set descriptors of each evaluated model
     WORK/results.{json,md,png}    the table
 """
@@ -34,13 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from ..configs import NormConfig, PipelineConfig, TrainConfig
+from ..encoders import available, is_trainable, parse
 from ..errors import UserError
 from ..evaluation.evaluate import evaluate
 from ..formats import Descriptors, read_descriptors, read_ground_truth, write_descriptors
 from ..formats.images import list_images
 from ..formats.results import ResultRow, Results
 from ..stages import fingerprint
-from ..stages.artifact import Artifact, Input
+from ..stages.artifact import Artifact, Input, holds_stage_outputs
 from ..ui import console
 from ..vectors import fit_pca, l2_normalize
 from .report import curve_of, write_all
@@ -48,21 +53,10 @@ from .report import curve_of, write_all
 QK, GIST, IMAGENET, INBATCH = "QK Iteration", "GIST-PCA256", "ImageNet features", "in-batch negatives"
 
 
-def _stem(name: str) -> str:
-    return start_label(name).replace("-PCA256", "")
-
-
 def start_label(name: str) -> str:
-    """The results-table name of a frozen descriptor's PCA-256 baseline: GIST-PCA256, SSCD-PCA256,
+    """The results-table name of a frozen encoder's PCA-256 baseline: GIST-PCA256, SSCD-PCA256,
     SSCD-PCA256 (288x288) for ``sscd@sq288``..."""
-    from ..models.onnx_model import split_name
-
-    if name == "gist":
-        return GIST
-    base, resize = split_name(name)
-    stem = Path(base[5:]).stem if base.startswith("onnx:") else base.upper()
-    size = f" ({resize[2:]}x{resize[2:]})" if resize and resize.startswith("sq") else (f" (short side {resize[5:]})" if resize else "")
-    return f"{stem}-PCA256{size}"
+    return parse(name).label
 
 
 class Data:
@@ -83,18 +77,23 @@ class Data:
     queries = property(lambda self: self.root / "queries")
     gt_path = property(lambda self: self.root / "ground_truth.csv")
 
-    def fingerprint(self) -> str:
-        parts = [fingerprint.of_image_list(list_images(self.root / s)) for s in self.SETS]
+    def fingerprint(self, v1: bool = False) -> str:
+        """The three image folders and the ground truth (`v1`: as versions before the content sample)."""
+        of = fingerprint.of_image_list_v1 if v1 else fingerprint.of_image_list
+        parts = [of(list_images(self.root / s)) for s in self.SETS]
         return fingerprint.of_bytes(*parts, fingerprint.of_file(self.gt_path))
 
 
 class Pipeline:
     def __init__(self, data: str | os.PathLike, work: str | os.PathLike, cfg: PipelineConfig, progress: bool = True):
+        from ..models.qk_model import check_model_config
+
         cfg.validate()
+        check_model_config(cfg.model)
         self.data, self.work, self.cfg, self.progress = Data(Path(data)), Path(work), cfg, progress
         self.artifact = Artifact(self.work, "pipeline", layout="folder", stage="pipeline")
         self.gt = read_ground_truth(self.data.gt_path)
-        self.results = Results(self.work / "results.json")
+        self.results: Results | None = None  # read once the work folder is known to be this pipeline's
 
     # ------------------------------------------------------------------ helpers
     def _say(self, msg: str) -> None:
@@ -118,35 +117,19 @@ class Pipeline:
                 f"batch {t.batch_size}; lr {t.lr:g}; tau {t.loss.tau:g}; M {t.loss.m}; seed {t.seed}.")
 
     def _train_cfg(self, side: str, negatives: str = "table", passes: float | None = None) -> TrainConfig:
-        """A stage's TrainConfig; `passes` = training queries to see / number of training images.
-
-        train-q iterates over the augmented queries (copies per image), train-k and the in-batch
-        model over the training images, so their epochs are converted to the same image count.
-        """
-        c = self.cfg
-        passes = passes or c.epochs_per_phase
-        epochs = passes / c.augment.copies if (side == "q" and negatives == "table") else passes
-        return dataclasses.replace(c.train, side=side, negatives=negatives, epochs=epochs, workers=c.workers)
+        return self.cfg.phase_train(side, negatives, passes)
 
     # ------------------------------------------------------------------ stages
-    def gist(self) -> Path:
-        from ..starts.stage import describe_start_set, fit_gist_pca
-
-        pca = fit_gist_pca(self.data.train, self.work / "gist", self.cfg.pca, workers=self.cfg.workers)
-        for name in ("references", "queries"):
-            describe_start_set(pca, getattr(self.data, name), self.work / "gist" / f"{name}.h5",
-                               workers=self.cfg.workers, progress=self.progress)
-        return pca
+    def start_folder(self, name: str) -> Path:
+        """WORK/gist for GIST (the baseline's folder), WORK/start_<slug> for other starts."""
+        return self.work / ("gist" if name == "gist" else f"start_{parse(name).slug}")
 
     def start_pca(self, name: str) -> Path:
-        """The PCA-256 of frozen descriptor `name` fitted on the training images."""
-        from ..starts.registry import StartDescriptor
+        """The PCA-256 of frozen encoder `name` fitted on the training images."""
         from ..starts.stage import fit_start_pca
 
-        if name == "gist":
-            return self.gist()
-        folder = self.work / f"start_{StartDescriptor(name).slug}"
-        return fit_start_pca(name, self.data.train, folder, self.cfg.pca, workers=self.cfg.workers)
+        return fit_start_pca(name, self.data.train, self.start_folder(name), self.cfg.pca, workers=self.cfg.workers,
+                             progress=self.progress)
 
     def augment(self) -> Path:
         from ..augment.runner import augment_folder
@@ -178,21 +161,16 @@ class Pipeline:
     @property
     def qk(self) -> str:
         """The QK rows' name: "QK Iteration" on the paper's GIST residual, "QK Iteration on SSCD"..."""
-        return QK if self.cfg.model.residual == "gist" else f"{QK} on {_stem(self.cfg.model.residual)}"
+        return QK if self.cfg.model.residual == "gist" else f"{QK} on {parse(self.cfg.model.residual).short_label}"
 
     @property
     def inbatch(self) -> str:
-        return INBATCH if self.cfg.model.residual == "gist" else f"{INBATCH} on {_stem(self.cfg.model.residual)}"
-
-    @property
-    def onnx(self) -> bool:
-        from ..models.onnx_model import is_onnx_name
-
-        return is_onnx_name(self.cfg.model.backbone)
+        return INBATCH if self.cfg.model.residual == "gist" else f"{INBATCH} on {parse(self.cfg.model.residual).short_label}"
 
     @property
     def frozen(self) -> bool:
-        return self.onnx or self.cfg.model.freeze_backbone
+        """The backbone never trains (a frozen encoder, or `freeze_backbone`)."""
+        return self.cfg.model.freeze_backbone or not is_trainable(self.cfg.model.backbone)
 
     def describe_pair(self, model: Path, run: str) -> tuple[Descriptors, Descriptors]:
         from ..qk.describe import describe
@@ -223,7 +201,7 @@ class Pipeline:
         sets = {"queries": self.data.queries, "references": self.data.references, "train": self.data.train}
         if not self.cfg.normalizations:
             sets.pop("train")
-        if start_model is not None and self.onnx and self.cfg.model.backbone == name == self.cfg.model.residual:
+        if start_model is not None and self.frozen and self.cfg.model.backbone == name == self.cfg.model.residual:
             from ..formats import open_feature_table
 
             desc = {}
@@ -231,11 +209,10 @@ class Pipeline:
                 ids, x = open_feature_table(self.table(start_model, "k" if set_name != "queries" else "q", images))
                 desc[set_name] = Descriptors(ids, np.asarray(x[:, -self.cfg.model.dim:], np.float32))
         else:
-            from ..starts.registry import StartDescriptor
             from ..starts.stage import describe_start_set
 
             pca = self.start_pca(name)
-            folder = self.work / ("gist" if name == "gist" else f"start_{StartDescriptor(name).slug}")
+            folder = self.start_folder(name)
             desc = {}
             for set_name, images in sets.items():
                 describe_start_set(pca, images, folder / f"{set_name}.h5", workers=self.cfg.workers, progress=self.progress)
@@ -248,10 +225,10 @@ class Pipeline:
     def imagenet_baseline(self, start: Path) -> None:
         """Pooled ImageNet features (the start model's K backbone), L2, PCA-256 fitted on train, L2."""
         from ..formats import open_feature_table
-        from ..models.backbones import backbone_spec
+        from ..models.qk_model import QKModel
 
         t0 = time.time()
-        fdim = backbone_spec(self.cfg.model.backbone).feature_dim
+        fdim = QKModel.load(start).spec.dim
         sets = {}
         for name, images in (("train", self.data.train), ("references", self.data.references),
                              ("queries", self.data.queries)):
@@ -293,22 +270,24 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the schedule
     def run(self) -> Results:
-        inputs = [Input("--data", self.data.root, self.data.fingerprint())]
-        with self.artifact.open(self.cfg, inputs, ignore=("baselines", "normalizations", "workers"), skip_done=False):
+        inputs = [Input("--data", self.data.root, self.data.fingerprint(), self.data.fingerprint(v1=True))]
+        written = [self.work / f"results.{ext}" for ext in ("json", "md", "png")]
+        # resumable once a stage has made its folder: each keeps its finished work (a re-run resumes there)
+        with self.artifact.open(self.cfg, inputs, ignore=("baselines", "normalizations", "workers"), skip_done=False,
+                                resumable=lambda: holds_stage_outputs(self.work), writes=written):
+            self.results = Results(self.work / "results.json")
             self._schedule()
             self.artifact.finish({"rows": len(self.results.rows)})
         return self.results
 
     def _schedule(self) -> None:
-        from ..models.onnx_model import available
-
         c = self.cfg
         self._say(f"data {self.data.root}, work {self.work}")
         if "gist" in c.baselines:
             self.start_baseline("gist")
         aug = self.augment()
         current = self.start_model(self.start_pca(c.model.residual))
-        if "imagenet" in c.baselines and not self.onnx:
+        if "imagenet" in c.baselines and is_trainable(c.model.backbone):
             self.imagenet_baseline(current)
         if c.model.residual != "gist":  # the residual start's own baseline, whatever the list says
             self.start_baseline(c.model.residual, current)

@@ -4,8 +4,9 @@
 * `cached_side` - a constant other side's descriptors of every table row, once per phase;
   `mining` - the top-B*M against them in TensorFlow on the model's device; `first_pass` - the
   exact int8 first pass for CPUs (the evaluation's prefilter);
-* `data` - what a stage iterates over: items, positives, data order; `inputs` - decoding
-  batches of images into model inputs; `start_cache` - residual-start vectors, once;
+* `data` - what a stage iterates over: items, positives, data order; `inputs` - a side's
+  model inputs for a batch of images; `forward` - a side applied to batches (head inputs,
+  descriptors); `start_cache` - residual-start vectors, once;
 * `precompute` - frozen-side feature tables; `describe` - per-set descriptors;
 * `train` - train-q / train-k / in-batch; `steps` - one step; `distribute` - tf.distribute.
 """

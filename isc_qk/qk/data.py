@@ -1,4 +1,4 @@
-"""What a QK training stage iterates over: images, their positives, GIST cache and data order.
+"""What a QK training stage iterates over: images, their positives and data order.
 
 Positives come from the augmentation manifest (``query_id,source_id``): a query (edited
 image) is a positive of its source key and of nothing else.
@@ -18,7 +18,6 @@ Data order is a pure function of (seed, step): epoch e uses
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,19 +52,6 @@ class TrainData:
     def positive_pairs(self, rows: np.ndarray) -> np.ndarray:
         """(batch row, table row) of every positive pair of a batch of items (table mode)."""
         return np.array([(r, t) for r, item in enumerate(rows) for t in self.positives[item]], np.int64)
-
-    def fingerprint(self) -> str:
-        """Hash of the item ids, their pairing and the table size: refuses resuming on other data."""
-        h = hashlib.sha256()
-        for i, f in enumerate(self.items):
-            h.update(f.id.encode() + b"\0")
-            if self.positives is not None:
-                h.update(self.positives[i].tobytes())
-            if self.partner_of is not None:
-                h.update(b"|".join(self.partners[j].id.encode() for j in self.partner_of[i]))
-        if self.table is not None:
-            h.update(str(self.table.shape).encode())
-        return h.hexdigest()[:16]
 
     def filter(self, keep_ids: set[str]) -> "TrainData":
         """Drop items whose image could not be read (their GIST failed)."""

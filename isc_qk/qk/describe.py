@@ -21,14 +21,15 @@ import numpy as np
 
 from ..errors import UserError
 from ..formats.descriptors import read_descriptors, write_descriptors
-from ..formats.images import list_images
-from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
-from ..stages.rows import fill_rows, write_descriptor_rows
-from ..stages.shards import Shard
+from ..stages.merge import merge_shards
+from ..stages.resources import check_workers, pixels_per_batch
+from ..stages.rows import write_descriptor_rows
+from ..stages.runner import fill_from_images, select_images
+from ..stages.shards import Shard, shard_name
 from ..ui import ticker
-from .forward import descriptors
-from .inputs import ChunkReader, InputPlan, run_padded
+from .forward import SideJob, check_side_options, descriptors
+from .inputs import InputPlan, run_padded
 
 KIND = "qk-descriptors"
 
@@ -72,29 +73,25 @@ def describe(
 ) -> DescribeReport:
     """Write `side`'s descriptors (float32, n x dim) of every readable image of `images_dir`.
 
-    `feature_cache`: for a frozen (ONNX) backbone, a folder of its feature tables
+    `feature_cache`: for a frozen backbone, a folder of its feature tables
     (`qk.precompute.frozen_table`): the table of this folder is made there once (or found) and only
     the head runs, so every phase of a pipeline describes a set for the cost of its head.
     """
     from ..models.qk_model import QKModel
 
-    if side not in ("q", "k"):
-        raise UserError(f"--side must be q or k, not {side!r}")
-    if batch < 1:
-        raise UserError(f"--batch must be >= 1, got {batch}")
+    check_side_options(side, batch)
     out = Path(out_h5)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UserError(f"{out}: the output must be an .h5 file")
     shard = Shard.parse(shard)
     t0 = time.perf_counter()
-    images = list_images(images_dir)
-    files = shard.select(images)
-    if not files:
-        raise UserError(f"{images_dir}: shard {shard} has no images")
+    images, files = select_images(images_dir, shard)
+    check_workers(workers)
     art = descriptors_artifact(out).sharded(shard)
     model = QKModel.load(model_dir)
+    pixels_per_batch(batch, model.spec.input_size or 0)
     cfg = DescribeConfig(side, len(files), str(shard), model.side_fingerprint(side), model.cfg.dim)
-    inputs = [Input("--images", Path(images_dir), fingerprint.of_image_list(images))]
+    inputs = [Input.of_images("--images", images_dir, images)]
     with art.open(cfg, inputs, check={"--model": model_dir}) as state:
         if state.done:
             d = read_descriptors(art.path)
@@ -104,15 +101,9 @@ def describe(
             rep = _from_table(model, model_dir, side, images_dir, Path(feature_cache), art, workers, progress, t0)
             art.finish(rep.to_dict())
             return rep
-        describe_of = descriptors(model, side, batch)
-        with ChunkReader(files, InputPlan.for_model(model), batch, workers) as reader, \
-                ticker(progress, len(files), f"describe {side}") as tick:
-
-            def compute(start: int, stop: int):
-                b = reader(start, stop)
-                return describe_of(b).astype(np.float32), b.bad
-
-            filled = fill_rows(art, len(files), cfg.dim, "float32", compute, batch, tick)
+        job = SideJob(InputPlan.for_side(model.side(side)), descriptors(model, side, batch), cfg.dim, "float32", batch)
+        with ticker(progress, len(files), f"describe {side}") as tick:
+            filled = fill_from_images(art, files, job, batch, workers, tick)
         desc = write_descriptor_rows(filled, [f.id for f in files], art.path, str(images_dir))
         rep = DescribeReport(str(art.path), len(desc.ids), cfg.dim, filled.bad_list([f.path for f in files]),
                              filled.rows_computed, round(time.perf_counter() - t0, 3))
@@ -144,14 +135,15 @@ def merge_descriptors(out_h5: str | os.PathLike) -> DescribeReport:
     """Join finished shard files ``OUT.shard-I-of-N.h5`` in shard order into ``OUT``."""
     t0 = time.perf_counter()
     art = descriptors_artifact(out_h5)
-    shards = art.shards()
-    config, inputs = art.merged_record(shards)
-    config["n_images"] = sum(int(s.record()["config"]["n_images"]) for s in shards)
-    with art.lock():
-        d = read_descriptors([s.path for s in shards])
-        art.write_merged_record(config, inputs)
-        write_descriptors(art.path, d)
-        bad = [b for s in shards for b in s.report().get("bad", [])]
-        rep = DescribeReport(str(art.path), len(d.ids), d.dim, bad, len(d.ids), round(time.perf_counter() - t0, 3))
-        art.finish(rep.to_dict())
+
+    def join(parts: list[Path], target: Path) -> None:
+        write_descriptors(target, read_descriptors(parts))
+
+    def report(reports: list[dict]) -> dict:
+        return {"bad": [b for r in reports for b in r.get("bad", [])]}
+
+    merge_shards(art, lambda shard, rec: [shard_name(art.path, shard)], join, report)
+    d = read_descriptors(art.path)
+    rep = DescribeReport(str(art.path), len(d.ids), d.dim, art.report().get("bad", []), len(d.ids),
+                         round(time.perf_counter() - t0, 3))
     return rep

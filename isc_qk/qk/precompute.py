@@ -20,20 +20,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from ..configs import from_dict
-from ..errors import UserError
-from ..formats.ids import check_unique
-from ..formats.feature_table import feature_table_paths, open_feature_table, write_ids, write_table_rows
-from ..formats.images import list_images
-from ..stages import fingerprint
+from ..formats.feature_table import concat_tables, feature_table_paths, open_feature_table
 from ..stages.artifact import Artifact, Input
-from ..stages.rows import fill_rows, write_table
-from ..stages.shards import Shard
+from ..stages.merge import merge_shards
+from ..stages.resources import check_workers, pixels_per_batch
+from ..stages.rows import write_table
+from ..stages.runner import fill_from_images, select_images
+from ..stages.shards import Shard, shard_name
 from ..ui import ticker
-from .forward import head_inputs
-from .inputs import ChunkReader, InputPlan
+from .forward import SideJob, check_side_options, head_inputs
+from .inputs import InputPlan
 
 KIND = "qk-feature-table"
 TABLE_DTYPE = "float16"
@@ -74,8 +72,9 @@ def table_artifact(prefix: str | os.PathLike) -> Artifact:
 
 def table_config(prefix: str | os.PathLike) -> PrecomputeConfig | None:
     """The settings saved next to a table, or None if it has none (made by another tool)."""
-    rec = table_artifact(prefix).record()
-    return from_dict(PrecomputeConfig, rec["config"]) if rec and rec.get("kind") == KIND else None
+    art = table_artifact(prefix)
+    rec = art.record()
+    return from_dict(PrecomputeConfig, rec["config"], str(art.record_path)) if rec and rec.get("kind") == KIND else None
 
 
 def frozen_table(model, side: str, images: Path, cache: Path) -> Path:
@@ -101,46 +100,36 @@ def precompute(
     """
     from ..models.qk_model import QKModel
 
-    if side not in ("q", "k"):
-        raise UserError(f"--side must be q or k, not {side!r}")
-    if batch < 1:
-        raise UserError(f"--batch must be >= 1, got {batch}")
+    check_side_options(side, batch)
     shard = Shard.parse(shard)
     t0 = time.perf_counter()
-    images = list_images(images_dir)
-    files = shard.select(images)
-    if not files:
-        raise UserError(f"{images_dir}: shard {shard} has no images")
+    images, files = select_images(images_dir, shard)
+    check_workers(workers)
     art = table_artifact(out_prefix).sharded(shard)
     model = QKModel.load(model_dir)
+    pixels_per_batch(batch, model.spec.input_size or 0)
     cfg = PrecomputeConfig(
         side=side,
         n_images=len(files),
         shard=str(shard),
         backbone=model.cfg.backbone,
-        input_size=model.spec.input_size,
-        feature_dim=model.spec.feature_dim,
+        input_size=model.spec.input_size or 0,
+        feature_dim=model.spec.dim,
         dim=model.cfg.dim,
         model_fingerprint=model.backbone_fingerprint(side),
         images_dir=str(Path(images_dir).resolve()),
     )
-    inputs = [Input("--images", Path(images_dir), fingerprint.of_image_list(images))]
+    inputs = [Input.of_images("--images", images_dir, images)]
     npy, ids_txt = feature_table_paths(art.path)
-    with art.open(cfg, inputs, check={"--model": model_dir, "--out (ids)": ids_txt}, ignore=("images_dir",)) as state:
+    with art.open(cfg, inputs, check={"--model": model_dir}, ignore=("images_dir",), writes=[ids_txt]) as state:
         if state.done:
             ids, x = open_feature_table(art.path)
             return PrecomputeReport(str(art.path), len(ids), x.shape[1], state.report.get("bad", []), 0,
                                     round(time.perf_counter() - t0, 3))
-        rows_of = head_inputs(model, side, batch)
         width = cfg.feature_dim + cfg.dim
-        with ChunkReader(files, InputPlan.for_model(model), batch, workers) as reader, \
-                ticker(progress, len(files), f"precompute {side}") as tick:
-
-            def compute(start: int, stop: int):
-                b = reader(start, stop)
-                return rows_of(b).astype(np.float16), b.bad
-
-            filled = fill_rows(art, len(files), width, TABLE_DTYPE, compute, batch, tick)
+        job = SideJob(InputPlan.for_side(model.side(side)), head_inputs(model, side, batch), width, TABLE_DTYPE, batch)
+        with ticker(progress, len(files), f"precompute {side}") as tick:
+            filled = fill_from_images(art, files, job, batch, workers, tick)
         bad = filled.bad_list([f.path for f in files])
         write_table(filled, [f.id for f in files], art.path, str(images_dir))
         rep = PrecomputeReport(str(art.path), len(files) - len(bad), width, bad, filled.rows_computed,
@@ -156,20 +145,13 @@ def merge_precomputed(out_prefix: str | os.PathLike) -> PrecomputeReport:
     """
     t0 = time.perf_counter()
     art = table_artifact(out_prefix)
-    shards = art.shards(marker=".npy")
-    config, inputs = art.merged_record(shards)
-    config["n_images"] = sum(int(s.record()["config"]["n_images"]) for s in shards)
-    with art.lock():
-        parts = [open_feature_table(s.path) for s in shards]
-        ids = [i for part_ids, _ in parts for i in part_ids]
-        check_unique(ids, f"{art.path} (merged shards)")
-        npy, ids_path = feature_table_paths(art.path)
-        art.write_merged_record(config, inputs)
-        write_ids(ids_path, ids)
-        rows = write_table_rows(npy, [(x, None) for _, x in parts])
-        width = parts[0][1].shape[1]
-        del parts
-        bad = [b for s in shards for b in s.report().get("bad", [])]
-        rep = PrecomputeReport(str(art.path), rows, width, bad, rows, round(time.perf_counter() - t0, 3))
-        art.finish(rep.to_dict())
+
+    def report(reports: list[dict]) -> dict:
+        return {"rows": sum(r.get("rows", 0) for r in reports), "bad": [b for r in reports for b in r.get("bad", [])]}
+
+    merge_shards(art, lambda shard, rec: [shard_name(art.path, shard, keep_suffix=False)], concat_tables, report,
+                 marker=".npy", writes=[feature_table_paths(art.path)[1]])
+    ids, x = open_feature_table(art.path)
+    rep = PrecomputeReport(str(art.path), len(ids), x.shape[1], art.report().get("bad", []), len(ids),
+                           round(time.perf_counter() - t0, 3))
     return rep

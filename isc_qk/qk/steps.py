@@ -30,15 +30,14 @@ def side_descriptors(model, side: str, inp: dict, prefix: str = ""):
 
 def trainable_variables(model, cfg: TrainConfig) -> list:
     """What a stage trains: train-q the Q backbone, Q head and (`train_other_head`) K head;
-    train-k the mirror; the in-batch comparison both full models."""
+    train-k the mirror; the in-batch comparison both full models. A frozen backbone never trains."""
+    backbone = (lambda s: [] if model.frozen else [model.backbone(s)])  # noqa: E731
     if cfg.negatives == "batch":
-        parts = [model.q_backbone, model.q_head, model.k_backbone, model.k_head]
+        parts = [*backbone("q"), model.head("q"), *backbone("k"), model.head("k")]
     else:
         other = "k" if cfg.side == "q" else "q"
-        parts = [model.backbone(cfg.side), model.head(cfg.side)] + ([model.head(other)] if cfg.train_other_head else [])
-    if model.frozen:  # a frozen backbone (ONNX, or freeze_backbone) never trains
-        parts = [p for p in parts if p is not model.q_backbone and p is not model.k_backbone]
-    return [v for p in parts for v in getattr(p, "trainable_weights", [])]  # a frozen ONNX backbone has none
+        parts = [*backbone(cfg.side), model.head(cfg.side)] + ([model.head(other)] if cfg.train_other_head else [])
+    return [v for p in parts for v in p.trainable_weights]
 
 
 class Stepper:
@@ -109,7 +108,7 @@ class ItemInputs:
     frozen: bool = False
 
 
-def batch_loader(cfg: TrainConfig, data: TrainData, arrays: ItemInputs, size: int, batch: int,
+def batch_loader(cfg: TrainConfig, data: TrainData, arrays: ItemInputs, model, batch: int,
                  pool: ThreadPoolExecutor) -> Callable[[int], Callable[[], tuple]]:
     """`inputs_of(step)` -> a task that makes step's batch: (rows, {input name: array}).
 
@@ -117,12 +116,11 @@ def batch_loader(cfg: TrainConfig, data: TrainData, arrays: ItemInputs, size: in
     resumed run sees exactly the batches the interrupted one would have seen. A frozen side
     decodes nothing: its rows were precomputed.
     """
-    plan = InputPlan(size=size)
-
     def side(files, rows, values, prefix: str) -> dict:
         if arrays.frozen:
             return {prefix + "feats": np.asarray(values[rows], np.float32)}
-        b = load_batch(files, 0, plan, pool)
+        own = prefix[:1] if prefix else cfg.side  # "k_" / "q_" in batch mode
+        b = load_batch(files, 0, InputPlan(backbone=model.side(own).encoder), pool)
         _no_bad(b)
         return {prefix + "px": b.pixels, prefix + "g": values[rows]}
 

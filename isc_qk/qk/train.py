@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..configs import TrainConfig
+from ..configs import MAX_STEPS, TrainConfig
 from ..errors import UserError
 from ..formats.checkpoint import latest_checkpoint, restore_optimizer, save_checkpoint
 from ..formats.feature_table import feature_table_paths, is_feature_table
@@ -135,11 +135,15 @@ def train(
     manifest = Path(manifest) if manifest else default_manifest(queries)
     inputs = [_input("--model", model_dir), _input("--keys", keys), _input("--queries", queries),
               Input("--manifest", manifest, fingerprint.of_file(manifest) if manifest.is_file() else "missing")]
-    art = Artifact(out, KIND, layout="folder", stage="train")
+    art = Artifact(out, KIND, layout="folder", stage="train", owns=("qk-model",))
     resumable = lambda: (out / CKPT_DIR / "latest.json").is_file()  # noqa: E731
-    with art.open(cfg, inputs, ignore=("checkpoint_every", "workers", "table_device", "first_pass"), resumable=resumable) as state:
+    writes = _written(model_dir, out, feature_cache)
+    if cached_other_side(cfg) and feature_cache is not None:
+        writes.append(out / CACHE_DIR)  # the other side's cached descriptors, while the stage runs
+    with art.open(cfg, inputs, ignore=("checkpoint_every", "workers", "table_device", "first_pass"), resumable=resumable,
+                  writes=writes) as state:
         if state.done:
-            return TrainReport(**{**state.report, "losses": read_losses(out / LOSSES_FILE), "skipped": True})
+            return _done_report(state.report, out, art)
         cache = Path(feature_cache) if feature_cache is not None else out / CACHE_DIR
         run = _prepare(model_dir, keys, queries, manifest, out, cfg, progress, strategy, cache)
         try:
@@ -167,6 +171,29 @@ def _other(cfg: TrainConfig) -> str:
     return "k" if cfg.side == "q" else "q"
 
 
+def _written(model_dir, out: Path, feature_cache) -> list[Path]:
+    """Every path a training run writes into its folder: the model's files (named as the
+    starting model's), the loss log and curve, checkpoints and the start-vector cache."""
+    from ..models.qk_model import model_files
+
+    model = [out / p.name for p in model_files(model_dir)]
+    model += [p.with_suffix(".json") for p in model if p.suffix == ".npz"]  # the start PCA's .json
+    own = model + [out / LOSSES_FILE, out / CURVE_FILE, out / CKPT_DIR]
+    return own + ([out / CACHE_DIR] if feature_cache is None else [])
+
+
+def _done_report(report: dict, out: Path, art: Artifact) -> TrainReport:
+    """The report of a finished run, as saved (a damaged report is named, not a crash)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(TrainReport)} - {"losses", "skipped"}
+    try:
+        return TrainReport(**{k: v for k, v in report.items() if k in known},
+                           losses=read_losses(out / LOSSES_FILE), skipped=True)
+    except (TypeError, ValueError, KeyError):
+        raise UserError(f"{art.report_path}: damaged report; delete it to run the stage again") from None
+
+
 def _input(name: str, path: str | os.PathLike) -> Input:
     """A training input's fingerprint: a table by its record and files, a folder by its images."""
     from ..models.qk_model import files_fingerprint
@@ -179,7 +206,7 @@ def _input(name: str, path: str | os.PathLike) -> Input:
         rec = Path(os.fspath(p).removesuffix(".npy") + ".config.json")
         return Input(name, npy, fingerprint.of_files([f for f in (npy, ids, rec) if f.is_file()]))
     if p.is_dir():
-        return Input(name, p, fingerprint.of_image_list(list_images(p)))
+        return Input.of_images(name, p, list_images(p))
     raise UserError(f"{name} {p}: neither an image folder nor a feature table (PREFIX.npy)")
 
 
@@ -217,6 +244,12 @@ def _prepare(model_dir, keys, queries, manifest: Path, out: Path, cfg: TrainConf
     batch = min(cfg.batch_size, data.n)
     per_epoch = data.n // batch
     total = cfg.steps or max(1, math.ceil(cfg.epochs * per_epoch))
+    if total > MAX_STEPS:
+        raise UserError(f"--epochs {cfg.epochs:g} is {total:,} steps of {batch} pairs; at most {MAX_STEPS:,}")
+    if not model.frozen:
+        from ..stages.resources import pixels_per_batch
+
+        pixels_per_batch(batch * (2 if cfg.negatives == "batch" else 1), model.spec.input_size)
     key_table = _key_table(model, data, out, cfg, progress) if cached else None
     return _Run(out, cfg, model, data, arrays, bad, batch, per_epoch, total, strategy, ckpt, key_table)
 
@@ -240,12 +273,12 @@ def _start_vectors(data: TrainData, model, out: Path, cfg: TrainConfig, progress
 
     own = "keys" if cfg.negatives == "batch" else {"q": "queries", "k": "keys"}[cfg.side]
     slug = model.start.slug
-    rows, ids, bad = start_vectors(data.items, model.start, model.pca, out / CACHE_DIR / f"{slug}256-{own}", cfg.workers,
+    rows, ids, bad = start_vectors(data.items, model.start, out / CACHE_DIR / f"{slug}256-{own}", cfg.workers,
                                    progress, own)
     data = data.filter(set(ids))
     partner_rows = None
     if data.partners is not None:
-        prow, pids, pbad = start_vectors(data.partners, model.start, model.pca, out / CACHE_DIR / f"{slug}256-queries",
+        prow, pids, pbad = start_vectors(data.partners, model.start, out / CACHE_DIR / f"{slug}256-queries",
                                          cfg.workers, progress, "queries")
         bad = bad + pbad
         data = data.keep_partners(set(pids))
@@ -300,7 +333,7 @@ def _check_table_model(prefix, table: np.ndarray, model, frozen: str) -> None:
     """The table must hold THIS model's frozen-side features, or training is silently wrong."""
     from .precompute import table_config
 
-    width = model.spec.feature_dim + model.cfg.dim
+    width = model.spec.dim + model.cfg.dim
     if table.shape[1] != width:
         raise UserError(f"{prefix}: table has {table.shape[1]} columns, this model needs {width}")
     tcfg = table_config(prefix)
@@ -333,7 +366,7 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
     import tensorflow as tf
 
     from .distribute import DistributedStepper, is_default
-    from .inputs import decode_pool, one_ahead
+    from ..stages.runner import decode_pool, one_ahead
     from .steps import Stepper, batch_loader, trainable_variables
 
     cfg, model, out = run.cfg, run.model, run.out
@@ -351,10 +384,13 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
     make = Stepper if is_default(run.strategy) else (lambda *a, **kw: DistributedStepper(run.strategy, *a, **kw))
     stepper = make(model, cfg, run.data, variables, optimizer, key_table=run.key_table)
     pool = decode_pool(cfg.workers)
-    inputs_of = batch_loader(cfg, run.data, run.arrays, model.spec.input_size, run.batch, pool)
+    inputs_of = batch_loader(cfg, run.data, run.arrays, model, run.batch, pool)
 
     def checkpoint(at: int) -> None:
         save_checkpoint(out / CKPT_DIR, at, model, optimizer, {"losses": losses[:at], "stats": stats_log[:at]})
+
+    def last_saved(at: int) -> int:
+        return max(resumed_from, (at // cfg.checkpoint_every) * cfg.checkpoint_every)
 
     t0, in_update = time.perf_counter(), False
     try:
@@ -369,6 +405,8 @@ def _run_steps(run: _Run, progress: bool, on_step) -> tuple[list[float], list[di
                     raise UserError(_nonfinite_message(loss_f, step + 1, run))
                 in_update = True
                 stepper.apply(grads)
+                if not _all_finite(variables):  # never checkpoint or save weights that are NaN or inf
+                    raise UserError(_nonfinite_weights_message(step + 1, run, last_saved(step)))
                 step += 1
                 losses.append(loss_f)
                 now = time.perf_counter()  # wall time of the step, waiting for its batch included
@@ -394,6 +432,16 @@ def _nonfinite_message(loss: float, step: int, run: _Run) -> str:
     if run.data.table is not None and not _table_is_finite(run.data.table):
         return f"{run.data.table_prefix}: the feature table holds NaN or inf values; re-run its precompute"
     return f"loss became {loss} at step {step}; lower --lr"
+
+
+def _all_finite(variables) -> bool:
+    return all(np.isfinite(v.numpy()).all() for v in variables)
+
+
+def _nonfinite_weights_message(step: int, run: _Run, saved: int) -> str:
+    kept = f"the checkpoint of step {saved} is kept" if saved else "nothing was saved"
+    return (f"the weights became NaN or inf at step {step} (--tau {run.cfg.loss.tau:g}, --lr {run.cfg.lr:g}): "
+            f"{kept}; try a larger --tau or a smaller --lr")
 
 
 def _table_is_finite(table: np.ndarray, chunk: int = 65536) -> bool:

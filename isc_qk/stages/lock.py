@@ -22,6 +22,7 @@ from ..errors import UserError
 def _acquire(lock_file: Path, what: str) -> int:
     import fcntl
 
+    _not_someone_elses(lock_file)
     while True:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -39,6 +40,20 @@ def _acquire(lock_file: Path, what: str) -> int:
         except FileNotFoundError:
             pass
         os.close(fd)  # the holder released and removed it between our open and our lock: again
+
+
+def _not_someone_elses(lock_file: Path) -> None:
+    """A lock file holds a PID (or nothing); any other file of that name is not ours to remove."""
+    try:
+        if lock_file.is_symlink() or (lock_file.exists() and not lock_file.is_file()):
+            raise UserError(f"{lock_file}: exists and is not a lock file of isc-qk; move it away")
+        if lock_file.is_file():
+            with open(lock_file, "rb") as fh:
+                head = fh.read(33)
+            if len(head) > 32 or not head.strip().isdigit() and head.strip():
+                raise UserError(f"{lock_file}: exists and is not a lock file of isc-qk; move it away")
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager

@@ -1,12 +1,13 @@
-"""Resumable, chunked writing of one row per image into a memory-mapped .npy.
+"""Resumable, chunked writing of one row per image into a .npy.
 
 Why: precomputing backbone features (or descriptors) for a million images takes hours, so a
 crash, a Ctrl-C or a `kill -9` must cost at most one chunk. The matrix is preallocated as the
-artifact's ``partial.npy`` with `np.lib.format.open_memmap`, filled chunk by chunk with
-positioned writes (not through a mapping: the pages of a 12 GB table would count as this
-process's memory); after every chunk the file is synced and ``progress.json`` (rows done + the
-rows whose image could not be decoded) is written atomically. A re-run reads it and continues from there. Only when all
-rows are done is the output written under its final name, so a finished file is never partial.
+artifact's ``partial.npy`` with its disk blocks reserved (`formats.npy.create`: a disk too small
+for it is an error before any work), filled chunk by chunk with ordinary writes (never a
+writable memory map, which dies of SIGBUS on a full disk); after every chunk the rows are
+synced and ``progress.json`` (rows done + the rows whose image could not be decoded) is written
+atomically. A re-run reads it and continues from there. Only when all rows are done is the
+output written under its final name, so a finished file is never partial.
 
 Images that cannot be decoded get a zero row while filling (a memmap has no holes) and are
 dropped when the output is written, so ids and rows always match. Used by every per-image
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..formats import npy
 from ..formats.atomic import read_json, write_json
 from ..formats.descriptors import Descriptors, write_descriptors
 from ..formats.feature_table import feature_table_paths, write_ids, write_table_rows
@@ -59,25 +61,14 @@ def fill_rows(art: Artifact, n_rows: int, dim: int, dtype: str, compute: Compute
     called after each chunk with the number of rows it added (for a progress bar).
     """
     partial, progress_json = art.partial, art.progress
-    done, bad = 0, {}
-    if partial.exists() and progress_json.exists():
-        state = read_json(progress_json)
-        if state.get("n_rows") == n_rows and state.get("dim") == dim and state.get("dtype") == dtype:
-            done = int(state["rows_done"])
-            bad = {int(k): v for k, v in state.get("bad", {}).items()}
+    done, bad = _resume_point(partial, progress_json, n_rows, dim, dtype)
     if done == 0:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        mm = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(n_rows, dim))
-    else:
-        mm = np.load(partial, mmap_mode="r+")
-        if mm.shape != (n_rows, dim) or mm.dtype != np.dtype(dtype):
-            raise UserError(f"{partial}: partial file does not match its progress record; delete it to start over")
-    offset, row_bytes = mm.offset, dim * np.dtype(dtype).itemsize
-    del mm  # rows are written with positioned writes: an 8M-row table never sits mapped in this process
+        npy.create(partial, (n_rows, dim), dtype)
+        bad = {}
     if on_rows and done:
         on_rows(done)
     start_done = done
-    with open(partial, "r+b") as fh:
+    with npy.RowWriter(partial) as out:
         while done < n_rows:
             stop = min(done + chunk, n_rows)
             rows, failed = compute(done, stop)
@@ -91,15 +82,37 @@ def fill_rows(art: Artifact, n_rows: int, dim: int, dtype: str, compute: Compute
                 bad.update(failed)
             if not np.isfinite(rows).all():
                 raise UserError(f"non-finite values computed for rows {done}..{stop - 1} (the model or an input is broken)")
-            data = np.ascontiguousarray(rows, dtype=dtype).tobytes()
-            if os.pwrite(fh.fileno(), data, offset + done * row_bytes) != len(data):
-                raise UserError(f"{partial}: short write (disk full?)")
-            os.fsync(fh.fileno())
+            out.write(done, rows)
+            out.sync()
             done = stop
             write_json(progress_json, {"n_rows": n_rows, "dim": dim, "dtype": dtype, "rows_done": done, "bad": bad})
             if on_rows:
                 on_rows(len(rows))
     return Filled(partial, n_rows, bad, done - start_done)
+
+
+def _resume_point(partial: Path, progress_json: Path, n_rows: int, dim: int, dtype: str) -> tuple[int, dict[int, str]]:
+    """(rows done, unreadable rows) of an interrupted run with this shape, or (0, {}).
+
+    Scratch that does not describe this run (another shape, a damaged or tampered progress
+    file, a partial file shorter than its header says) is not an error: the run starts over.
+    """
+    if not (partial.exists() and progress_json.exists()):
+        return 0, {}
+    try:
+        state = read_json(progress_json)
+        done = state["rows_done"]
+        bad = {int(k): str(v) for k, v in dict(state.get("bad", {})).items()}
+    except (UserError, KeyError, TypeError, ValueError):
+        return 0, {}
+    if (state.get("n_rows"), state.get("dim"), state.get("dtype")) != (n_rows, dim, dtype) or type(done) is not int:
+        return 0, {}
+    found = npy.layout(partial)
+    if found is None or found[0] != (n_rows, dim) or found[1] != np.dtype(dtype) or not 0 <= done <= n_rows:
+        return 0, {}
+    if any(not 0 <= r < done for r in bad):
+        return 0, {}
+    return done, bad
 
 
 def no_rows_error(filled: Filled, what: str) -> UserError:

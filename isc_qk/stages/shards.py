@@ -35,8 +35,8 @@ class Shard:
             i, n = (int(v) for v in text.split("/"))
         except ValueError:
             raise UserError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
-        if n < 1 or not 0 <= i < n:
-            raise UserError(f"--shard {text}: need 0 <= I < N")
+        if n < 1 or not 0 <= i < n or n > 10**6:
+            raise UserError(f"--shard {text}: need 0 <= I < N <= 1,000,000")
         return cls(i, n)
 
     @property
@@ -47,6 +47,10 @@ class Shard:
         return total * self.index // self.count, total * (self.index + 1) // self.count
 
     def select(self, items: Sequence[T]) -> list[T]:
+        """This shard's slice; every shard of N must get items, or the set could never be merged."""
+        if self.count > len(items):
+            raise UserError(f"--shard {self}: {self.count} shards for only {len(items)} images leave some shards "
+                            f"empty; use at most {len(items)} shards")
         lo, hi = self.bounds(len(items))
         return list(items[lo:hi])
 

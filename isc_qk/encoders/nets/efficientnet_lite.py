@@ -43,7 +43,7 @@ import numpy as np
 import keras
 from keras import layers
 
-from ..errors import UserError
+from ...errors import UserError
 
 __all__ = [
     "VARIANTS",
@@ -360,7 +360,7 @@ def weights_file(variant: str) -> Path:
 
     model = _build_graph(variant, 0.0, "softmax")
     convert_state_dict(load_state_dict(pth), model)
-    from ..formats.atomic import save_keras_weights
+    from ...formats.atomic import save_keras_weights
 
     save_keras_weights(model, target)
     return target
