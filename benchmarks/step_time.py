@@ -1,5 +1,24 @@
 """Seconds per QK training step and peak memory as the key table grows (T = 10k, 100k, 1M).
 
+``--shape sscd`` (the SSCD recipe: frozen ONNX features 512 + start 256 = 768-wide float16 table,
+linear head 768 -> 256 with L2 output, the other head frozen, B = 32, M = 10), per T, each in a
+fresh subprocess:
+
+* ``cached``: the step as train-q/train-k run it now (`qk.loss.cached_qk_loss`): the other
+  side's descriptors of every row computed once per phase (`qk.cached_side`, timed apart as
+  "cache build"), mined on the device (`qk.mining.KeyTable`), loss + gradients of the
+  trainable head. Alternates with the FLOOR in the same process: the bare B x 256 x T float32
+  distance matmul over the same cached table (NumPy, as in the issue; TensorFlow's too).
+* ``cached-fp32``: the same with ``--first-pass none`` (the float32 pass alone), where
+  ``cached`` (``--first-pass auto``) uses the exact int8 first pass (`qk.first_pass`).
+* ``old``: the path before (`qk.loss.qk_loss`): the frozen head re-run over the whole 768-wide
+  table every step. Alternates with the same floor (its own float32 T x 256 table).
+* peak memory of the steps alone (VmHWM reset before each step, read after it).
+
+    python benchmarks/step_time.py --shape sscd [--sizes 10000,100000,1000000] [--json ...]
+
+The default shape (Lite0 head 1536 -> 1024 -> 256, the head trains) is the original benchmark:
+
 Three ways to compute the negatives part of one step (B batch descriptors against the head
 applied to all T table rows, then loss + gradients for the batch and the head):
 
@@ -66,9 +85,157 @@ def make_table(n: int, width: int, seed: int = 0) -> np.ndarray:
     return table
 
 
+SSCD_FEAT, SSCD_DIM = 512, 256
+
+
+def make_sscd_table(path: Path, n: int, seed: int = 0) -> np.ndarray:
+    """SSCD-like float16 head inputs on disk, memory-mapped: L2-normalised 512-d features and
+    L2-normalised 256-d start vectors, rows near cluster centres (hard negatives exist)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(1024, SSCD_FEAT + SSCD_DIM)).astype(np.float32)
+    table = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, SSCD_FEAT + SSCD_DIM))
+    for s in range(0, n, 65536):
+        e = min(n, s + 65536)
+        x = centres[rng.integers(0, len(centres), e - s)] + rng.normal(scale=1.5, size=(e - s, SSCD_FEAT + SSCD_DIM))
+        for a, b in ((0, SSCD_FEAT), (SSCD_FEAT, SSCD_FEAT + SSCD_DIM)):
+            x[:, a:b] /= np.linalg.norm(x[:, a:b], axis=1, keepdims=True)
+        table[s:e] = x
+    table.flush()
+    return np.load(path, mmap_mode="r")
+
+
+def sscd_head(seed: int):
+    """A linear head 768 -> 256 with L2 output (the SSCD recipe), weights as if trained a while."""
+    from isc_qk.configs import ModelConfig
+    from isc_qk.models.heads import build_head
+
+    head = build_head(SSCD_FEAT, ModelConfig(head_hidden=0, dim=SSCD_DIM, residual_scale=1.0, output_l2=True), seed=seed)
+    rng = np.random.default_rng(seed)
+    for v in head.weights:
+        v.assign(rng.normal(scale=0.02, size=v.shape).astype(np.float32))
+    return head
+
+
+def run_sscd_point(method: str, n: int, args) -> dict:
+    """One SSCD-shape point (module docstring): the cached or the old step, paired with the floor."""
+    import shutil
+    import tempfile
+
+    import tensorflow as tf
+
+    from isc_qk.configs import LossConfig
+    from isc_qk.formats.feature_table import write_ids
+    from isc_qk.qk.cached_side import cached_side, open_cached_side
+    from isc_qk.qk.loss import cached_qk_loss, qk_loss
+    from isc_qk.qk.mining import KeyTable, aligned_empty
+
+    b, lcfg = args.batch, LossConfig(m=args.m, tau=2.0)
+    tmp = Path(tempfile.mkdtemp(prefix="wt20-step-", dir=args.tmp))
+    try:
+        table = make_sscd_table(tmp / "feats.npy", n)
+        rng = np.random.default_rng(1)
+        pos_rows = rng.choice(n, size=b, replace=False)
+        x = tf.constant(np.asarray(table[np.sort(pos_rows)], np.float32)
+                        + rng.normal(scale=0.02, size=(b, SSCD_FEAT + SSCD_DIM)).astype(np.float32))
+        pairs = np.stack([np.arange(b), np.sort(pos_rows)], 1)
+        k_head, q_head = sscd_head(1), sscd_head(2)
+        variables = q_head.trainable_variables
+        info: dict = {}
+        release = None
+        if method.startswith("cached"):
+            write_ids(tmp / "feats.ids.txt", [str(i) for i in range(n)])
+            t0 = time.perf_counter()
+            prefix = cached_side(k_head, "k", table, tmp / "feats", tmp / "cache", progress=False)
+            info["cache_build_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            first = {"cached": args.first_pass, "cached-fp32": "none", "cached-int8": "int8"}[method]
+            keys = KeyTable(open_cached_side(prefix), args.table_device, first_pass=first)
+            info["table_load_s"] = time.perf_counter() - t0
+            info["placement"] = keys.describe()
+            for p in tmp.glob("feats.*"):
+                p.unlink()  # the wide table is not needed while training: the cache replaces it
+            if keys.array is not None:
+                floor_table = keys.array
+            else:  # the cache file, its pages released after each floor (they are not the step's memory)
+                import mmap
+
+                floor_table = open_cached_side(prefix)
+                release = lambda: floor_table._mmap.madvise(mmap.MADV_DONTNEED)  # noqa: E731
+
+            def step():
+                with tf.GradientTape() as tape:
+                    loss, stats = cached_qk_loss(q_head(x), keys, pairs, lcfg)
+                tape.gradient(loss, variables)
+                return stats
+
+            tf_floor = tf.function(lambda q: tf.matmul(q, keys.table, transpose_b=True)) if keys.table is not None else None
+        else:
+            floor_table = aligned_empty((n, SSCD_DIM))
+            floor_table[:] = rng.normal(size=(1, SSCD_DIM)).astype(np.float32)  # same shape and dtype as a cached table
+
+            def step():
+                with tf.GradientTape() as tape:
+                    loss, stats = qk_loss(q_head(x), k_head, table, pairs, lcfg, chunk=args.chunk)
+                tape.gradient(loss, variables)
+                return stats
+
+            tf_floor = None
+        qd = q_head(x).numpy()
+
+        def floor() -> float:
+            out = np.empty((b, n), np.float32)
+            t0 = time.perf_counter()
+            np.matmul(qd, floor_table.T, out=out)
+            dt = time.perf_counter() - t0
+            if release:
+                release()
+            return dt
+
+        def floor_tf() -> float:
+            t0 = time.perf_counter()
+            tf_floor(tf.constant(qd)).numpy()
+            return time.perf_counter() - t0
+
+        step()  # traces every kernel
+        floor()
+        if tf_floor is not None:
+            floor_tf()
+        rss_before = _status_kb("VmRSS")
+        times, floors, tf_floors, mine, peaks = [], [], [], [], []
+        t_start = time.perf_counter()
+        while len(times) < args.steps and (not times or time.perf_counter() - t_start < args.budget_s):
+            floors.append(floor())
+            if tf_floor is not None:
+                tf_floors.append(floor_tf())
+            _reset_peak()
+            t0 = time.perf_counter()
+            stats = step()
+            times.append(time.perf_counter() - t0)
+            peaks.append(_status_kb("VmHWM"))
+            mine.append(stats["mine_s"])
+        cached_gb = n * SSCD_DIM * 4 / 1e9
+        return {
+            "shape": "sscd", "method": method, "T": n, "steps": len(times),
+            "s_per_step": float(np.median(times)), "s_min": float(np.min(times)), "mine_s": float(np.median(mine)),
+            "floor_s": float(np.median(floors)), "floor_s_min": float(np.min(floors)),
+            "tf_floor_s": float(np.median(tf_floors)) if tf_floors else None,
+            "vs_floor": float(np.median(np.array(times) / np.array(floors))),
+            "table_gb": table.nbytes / 1e9 if method == "old" else cached_gb, "cached_table_gb": cached_gb,
+            "rss_before_gb": rss_before * 1024 / 1e9, "peak_gb": max(peaks) * 1024 / 1e9,
+            "extra_gb": (max(peaks) - rss_before) * 1024 / 1e9, **info,
+            **({"first_pass_rows": keys.first.last.get("rows"), "first_pass_prepare_s": keys.first.prepare_s}
+               if method.startswith("cached") and keys.first is not None else {}),
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run_point(method: str, n: int, args) -> dict:
     """Measure one method at table size n in this process; return a result dict."""
     import tensorflow as tf
+
+    if args.shape == "sscd":
+        return run_sscd_point(method, n, args)
 
     from isc_qk.encoders import create
     from isc_qk.configs import LossConfig, ModelConfig
@@ -212,8 +379,14 @@ def _subprocess(method: str, n: int, args) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", choices=("lite0", "sscd"), default="lite0",
+                   help="sscd: the SSCD recipe's shape, cached vs old path (module docstring)")
     p.add_argument("--sizes", default="10000,100000,1000000")
-    p.add_argument("--methods", default="floor,ours,naive")
+    p.add_argument("--methods", default=None, help="lite0: floor,ours,naive (default); sscd: cached,old (default)")
+    p.add_argument("--table-device", default="auto", help="sscd: where the cached table lives (auto|device|host)")
+    p.add_argument("--first-pass", default="auto", help="sscd, method cached: auto|int8|none (cached-fp32 and "
+                                                       "cached-int8 force one)")
+    p.add_argument("--tmp", default="/tmp", help="sscd: folder for the temporary tables (removed after each point)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--m", type=int, default=10)
     p.add_argument("--backbone", default="efficientnet-lite0")
@@ -230,7 +403,9 @@ def main(argv: list[str] | None = None) -> None:
     args.passthrough = [
         "--batch", str(args.batch), "--m", str(args.m), "--backbone", args.backbone,
         "--chunk", str(args.chunk), "--steps", str(args.steps), "--budget-s", str(args.budget_s),
-        "--sweep-chunks", args.sweep_chunks,
+        "--sweep-chunks", args.sweep_chunks, "--shape", args.shape, "--table-device", args.table_device,
+        "--first-pass", args.first_pass,
+        "--tmp", args.tmp,
     ]  # fmt: skip
 
     if args.point:
@@ -242,7 +417,9 @@ def main(argv: list[str] | None = None) -> None:
 
     console = Console(stderr=True)
     sizes = [int(s) for s in args.sizes.split(",")]
-    methods = args.methods.split(",")
+    if args.shape == "sscd":
+        return _main_sscd(args, sizes, console)
+    methods = (args.methods or "floor,ours,naive").split(",")
     results: list[dict] = []
     if not args.no_backbone:
         console.print(f"backbone part ({args.backbone}, B={args.batch}) ...")
@@ -303,6 +480,45 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps({"settings": vars(args) | {"point": None}, "results": results, "chunk_sweep": sweep}, indent=2) + "\n")
+    os.replace(tmp, out)
+    console.print(f"wrote {out}")
+
+
+def _main_sscd(args, sizes: list[int], console) -> None:
+    """The SSCD-shape run: cached and old step per T, each paired with the floor; a table + JSON."""
+    from rich.console import Console
+    from rich.table import Table
+
+    methods = (args.methods or "cached,cached-fp32,old").split(",")
+    results = []
+    for n in sizes:
+        for method in methods:
+            console.print(f"sscd {method} T={n:,} ...")
+            results.append(_subprocess(method, n, args))
+    by = {(r["method"], r["T"]): r for r in results if "s_per_step" in r}
+    table = Table(title=f"QK step, SSCD recipe shape (768 -> 256 linear, L2; B={args.batch}, M={args.m}; median of "
+                        f"{args.steps}; floor = B x 256 x T float32 matmul, NumPy, same process)")
+    for col in ("path", "T", "s/step", "mining s", "floor s", "vs floor", "TF floor s", "old / cached", "peak GB",
+                "cached table GB", "peak - table", "cache build s"):
+        table.add_column(col, justify="right")
+    for r in results:
+        if "s_per_step" not in r:
+            table.add_row(r["method"], f"{r['T']:,}", r.get("error", "?"), *[""] * 9)
+            continue
+        old = by.get(("old", r["T"]))
+        speed = f"{old['s_per_step'] / r['s_per_step']:.1f}x" if old and r["method"] != "old" else ""
+        table.add_row(
+            r["method"], f"{r['T']:,}", f"{r['s_per_step']:.3f}", f"{r['mine_s']:.3f}", f"{r['floor_s']:.3f}",
+            f"{r['vs_floor']:.2f}x", f"{r['tf_floor_s']:.3f}" if r.get("tf_floor_s") else "", speed,
+            f"{r['peak_gb']:.2f}", f"{r['cached_table_gb']:.2f}" if r["method"] != "old" else "",
+            f"{r['peak_gb'] - r['cached_table_gb']:.2f}" if r["method"] != "old" else "",
+            f"{r['cache_build_s']:.1f}" if r.get("cache_build_s") is not None else "",
+        )
+    Console(width=160).print(table)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps({"settings": vars(args) | {"point": None}, "results": results}, indent=2) + "\n")
     os.replace(tmp, out)
     console.print(f"wrote {out}")
 

@@ -337,6 +337,8 @@ class ModelConfig:
 
 
 NEGATIVES = ("table", "batch")
+TABLE_DEVICES = ("auto", "device", "host")  # where qk.mining keeps a cached table (--table-device)
+FIRST_PASSES = ("auto", "int8", "none")  # qk.first_pass (--first-pass)
 
 
 @dataclass
@@ -362,6 +364,12 @@ class TrainConfig:
     train_other_head: bool = True
     chunk: int = 8192  # table rows per head pass while mining negatives (qk.loss.DEFAULT_CHUNK)
     workers: int = 2  # image-decoding threads
+    # where the cached descriptors of a frozen other side live while mining (qk.mining):
+    # "auto" resident on the model's device when they fit, "device" always, "host" streamed
+    table_device: str = "auto"
+    # the cached path's exact reduced-precision first pass (qk.first_pass): "auto" int8 on a CPU
+    # with int8 dot products for tables of >= 262,144 rows (measured to win there), "int8", "none"
+    first_pass: str = "auto"
 
     def validate(self) -> None:
         if self.side not in ("q", "k"):
@@ -381,6 +389,10 @@ class TrainConfig:
             raise UserError(f"--lr-alpha must be in [0, 1], got {self.lr_alpha}")
         if not (isinstance(self.warmup, (int, float)) and math.isfinite(self.warmup) and 0 <= self.warmup < 1):
             raise UserError(f"--warmup must be a fraction in [0, 1), got {self.warmup}")
+        if self.table_device not in TABLE_DEVICES:
+            raise UserError(f"--table-device must be one of {', '.join(TABLE_DEVICES)}, not {self.table_device!r}")
+        if self.first_pass not in FIRST_PASSES:
+            raise UserError(f"--first-pass must be one of {', '.join(FIRST_PASSES)}, not {self.first_pass!r}")
 
 
 # =========================================================================== data stages

@@ -99,6 +99,11 @@ def _cases(w) -> list[dict]:
          "cfg": {**base, "side": "k", "batch_size": 8}},
         {"name": "in-batch", "model": str(w.fast), "keys": str(w.keys), "queries": str(w.aug),
          "cfg": {**base, "side": "q", "negatives": "batch", "batch_size": 8}},
+        # the other head frozen: mining against its cached descriptors (qk.mining), the uneven split again
+        {"name": "train-q-cached", "model": str(w.fast), "keys": str(w.root / "kfeats"), "queries": str(w.aug),
+         "cfg": {**base, "side": "q", "batch_size": 7, "train_other_head": False}},
+        {"name": "train-k-cached", "model": str(w.fast), "keys": str(w.keys), "queries": str(w.root / "qfeats"),
+         "cfg": {**base, "side": "k", "batch_size": 8, "train_other_head": False}},
     ]
 
 

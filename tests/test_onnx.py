@@ -238,6 +238,44 @@ def test_train_q_and_k_with_a_frozen_backbone_train_only_the_heads(toy_world):
     assert again.skipped
 
 
+def test_a_frozen_side_trains_from_its_own_feature_table(toy_world, tmp_path):
+    """A frozen backbone's trainable side may be given as its precomputed table (train-q
+    --queries Q table, train-k --keys K table): the same run as from the image folder."""
+    from isc_qk.augment.runner import augment_folder
+    from isc_qk.configs import AugmentConfig, ModelConfig
+    from isc_qk.models.init import init_model
+    from isc_qk.qk.precompute import precompute
+    from isc_qk.qk.train import train
+    from qk_world import train_config
+
+    w = toy_world
+    root = w["root"]
+    aug = root / "aug"
+    augment_folder(w["train"], aug, AugmentConfig(copies=2), progress=False)
+    cfg = ModelConfig(backbone=w["name"], backbone_weights=None, residual=w["name"], dim=PCA_DIM, head_hidden=0,
+                      residual_scale=1.0, output_l2=True)
+    m0 = init_model(w["pca"], cfg, root / "m0")
+    precompute(m0, "k", w["train"], root / "k0", progress=False)
+    precompute(m0, "q", aug, root / "q0", progress=False)
+    tcfg = lambda side: train_config(side=side, batch_size=8, m=2, lr=1e-2, steps=6, tau=2.0, workers=1,  # noqa: E731
+                                     train_other_head=False)
+    a = train(m0, root / "k0", aug, tmp_path / "qa", tcfg("q"), progress=False)
+    b = train(m0, root / "k0", root / "q0", tmp_path / "qb", tcfg("q"), progress=False)  # manifest: from q0's record
+    assert b.items == a.items == 28 and b.losses == a.losses
+    assert not list((tmp_path / "qb" / "cache").glob("frozen-*"))  # nothing precomputed again
+    c = train(m0, w["train"], root / "q0", tmp_path / "ka", tcfg("k"), progress=False)
+    d = train(m0, root / "k0", root / "q0", tmp_path / "kb", tcfg("k"), progress=False)
+    assert d.items == c.items == 14 and d.losses == c.losses
+    # a K table is not a Q table, and a trainable backbone needs its images
+    with pytest.raises(UserError, match="K features"):
+        train(m0, root / "k0", root / "k0", tmp_path / "x", tcfg("q"), manifest=aug / "manifest.csv", progress=False)
+    tiny = init_model(w["pca"], ModelConfig(backbone="tiny", backbone_weights=None, residual=w["name"], dim=PCA_DIM,
+                                            head_hidden=16), root / "tiny")
+    precompute(tiny, "k", w["train"], root / "ktiny", progress=False)
+    with pytest.raises(UserError, match="only with a frozen backbone"):
+        train(tiny, root / "ktiny", root / "q0", tmp_path / "y", tcfg("q"), progress=False)
+
+
 def test_a_keras_file_backbone_is_trainable_and_travels_with_the_model(tmp_path, image_folder):
     import keras
 

@@ -155,12 +155,96 @@ def test_cli_train_q_and_train_k(world, tmp_path, run_cli):
     r = run_cli("train-k", "--model", world.fast, "--keys", world.keys, "--queries", world.root / "qfeats_fast",
                 "--out", tmp_path / "k", *common)
     assert r.code == 0, r.err
+    r = run_cli("train-k", "--model", world.fast, "--keys", world.keys, "--queries", world.root / "qfeats_fast",
+                "--out", tmp_path / "kc", "--own-head-only", "--table-device", "host", *common)
+    assert r.code == 0, r.err
+    assert "cached" in r.out and json.loads((tmp_path / "kc" / "train_config.json").read_text())["config"][
+        "train_other_head"] is False
+    r = run_cli("train-k", "--model", world.fast, "--keys", world.keys, "--queries", world.root / "qfeats_fast",
+                "--out", tmp_path / "bad-device", "--table-device", "tpu", *common)
+    assert r.code == 2 and "--table-device must be one of" in r.err
     r = run_cli("train-q", "--model", world.fast, "--keys", world.keys, "--queries", world.aug,
                 "--out", tmp_path / "b", "--negatives", "batch", *common)
     assert r.code == 0, r.err
     r = run_cli("train-q", "--model", world.fast, "--keys", world.keys, "--queries", world.aug,
                 "--out", tmp_path / "bad", "--negatives", "nope", *common)
     assert r.code == 2 and "--negatives" in r.err
+
+
+@pytest.mark.parametrize("side", ["q", "k"])
+def test_a_frozen_other_head_mines_its_cached_descriptors_like_the_uncached_path(world, tmp_path, monkeypatch, side):
+    """train_other_head=False: the other side's descriptors are cached once (qk.cached_side) and
+    mined on the device; the run equals the head-over-the-table path (forced here), step by step."""
+    import isc_qk.qk.train as train_mod
+
+    keys, queries = (world.root / "kfeats_fast", world.aug) if side == "q" else (world.keys, world.root / "qfeats_fast")
+    cfg = _cfg(side=side, train_other_head=False, steps=12)
+    cached = train_mod.train(world.fast, keys, queries, tmp_path / "cached", cfg, progress=False)
+    assert cached.mining.startswith("cached") and "resident" in cached.mining
+    assert not list((tmp_path / "cached" / "cache").glob("side-*"))  # a finished stage drops its cache
+    host = train_mod.train(world.fast, keys, queries, tmp_path / "host", _cfg(side=side, train_other_head=False, steps=12,
+                                                                             table_device="host"), progress=False)
+    assert "host" in host.mining and host.losses == cached.losses  # the same kernel on the same rows
+    monkeypatch.setattr(train_mod, "cached_other_side", lambda cfg: False)
+    old = train_mod.train(world.fast, keys, queries, tmp_path / "old", cfg, progress=False)
+    assert old.mining.startswith(("K head", "Q head"))
+    np.testing.assert_allclose(cached.losses, old.losses, rtol=1e-5)
+    a, b = _weights(tmp_path / "cached"), _weights(tmp_path / "old")
+    for part in a:
+        for x, y in zip(a[part], b[part]):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=part)
+    other = "k_head" if side == "q" else "q_head"
+    assert _changed(_weights(world.fast), a) == {"q_backbone": side == "q", "k_backbone": side == "k",
+                                                 f"{side}_head": True, other: False}
+
+
+def test_train_k_rows_are_keys_positives_their_copies_negatives_every_other_copy(world):
+    """What the K phase uses: batch rows are the training KEYS (those with a copy in the table),
+    the table is the Q features of EVERY edited copy, a key's positives are all its copies, and
+    its negatives are mined over every other copy in the table, of any other key."""
+    import tensorflow as tf
+
+    from isc_qk.formats.feature_table import open_feature_table
+    from isc_qk.formats.manifest import manifest_sources
+    from isc_qk.models.qk_model import QKModel
+    from isc_qk.qk.data import build_train_data
+    from isc_qk.qk.mining import KeyTable
+
+    data = build_train_data("k", "table", world.keys, world.root / "qfeats_fast")
+    qids, qtable = open_feature_table(world.root / "qfeats_fast")
+    source = manifest_sources(world.aug / "manifest.csv")
+    assert [f.id for f in data.items] == world.key_ids and data.table.shape[0] == len(qids) == N_KEYS * COPIES
+    for item, pos in zip(data.items, data.positives):
+        assert sorted(qids[j] for j in pos) == sorted(q for q, s in source.items() if s == item.id)
+        assert len(pos) == COPIES
+    model = QKModel.load(world.fast)
+    table = KeyTable(model.head("q")(tf.cast(np.asarray(qtable), tf.float32)).numpy())
+    rows = np.arange(8)
+    pairs = data.positive_pairs(rows)
+    kids, ktable = open_feature_table(world.root / "kfeats_fast")
+    x = model.head("k")(tf.cast(np.asarray(ktable)[[kids.index(data.items[r].id) for r in rows]], tf.float32))
+    every = len(rows) * len(qids) - len(pairs)
+    neg, _ = table.mine(x, pairs, every)  # n = every non-positive pair
+    want = {(r, t) for r in range(len(rows)) for t in range(len(qids)) if source[qids[t]] != data.items[rows[r]].id}
+    assert {tuple(p) for p in neg} == want and len(neg) == every
+
+
+def test_cached_run_resumes_exactly_after_a_crash(world, tmp_path):
+    from isc_qk.qk.train import train
+
+    cfg = _cfg(side="k", train_other_head=False, steps=8, checkpoint_every=3)
+    ref = train(world.fast, world.keys, world.root / "qfeats_fast", tmp_path / "ref", cfg, progress=False)
+
+    def crash(step, loss):
+        if step == 5:
+            raise RuntimeError("simulated kill")
+
+    out = tmp_path / "resumed"
+    with pytest.raises(RuntimeError):
+        train(world.fast, world.keys, world.root / "qfeats_fast", out, cfg, progress=False, on_step=crash)
+    assert len(list((out / "cache").glob("side-q-*.npy"))) == 1  # the finished cache is kept for the resume
+    rep = train(world.fast, world.keys, world.root / "qfeats_fast", out, cfg, progress=False)
+    assert rep.resumed_from == 3 and rep.losses == ref.losses
 
 
 def test_warmup_rises_from_zero_then_decays_to_alpha():

@@ -123,6 +123,14 @@ def _register_train_command(side: str, doc: str, keys_help: str, queries_help: s
         checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints." + d("checkpoint_every")),
         seed: Optional[int] = typer.Option(None, "--seed", help="Data-order seed." + d("seed")),
         chunk: Optional[int] = typer.Option(None, "--chunk", help="Table rows per head pass when mining negatives." + d("chunk")),
+        table_device: Optional[str] = typer.Option(
+            None, "--table-device",
+            help="With --own-head-only: where the other side's cached descriptors live while mining: auto (resident "
+                 "on the model's device when they fit), device, or host (streamed each step)." + d("table_device")),
+        first_pass: Optional[str] = typer.Option(
+            None, "--first-pass",
+            help="With --own-head-only: auto (an exact int8 first pass on a CPU with int8 dot products, tables of "
+                 ">= 262,144 rows), int8, or none (the float32 pass alone). Same pairs either way." + d("first_pass")),
         workers: Optional[int] = typer.Option(None, "--workers", help="Image-decoding threads." + d("workers")),
         feature_cache: Optional[Path] = typer.Option(
             None, "--feature-cache", help="Folder of a frozen backbone's feature tables, shared by every phase "
@@ -143,8 +151,8 @@ def _register_train_command(side: str, doc: str, keys_help: str, queries_help: s
         base = recipe_config(recipe).train if recipe else TrainConfig()
         cfg = override(base, side=side, negatives=negatives, batch_size=batch, lr=lr, lr_alpha=lr_alpha, warmup=warmup,
                        epochs=epochs, steps=steps, checkpoint_every=checkpoint_every, seed=seed, chunk=chunk,
-                       workers=workers, train_other_head=train_other_head,
-                       loss=override(base.loss, tau=tau, m=m, w_pos=w_pos, w_neg=w_neg))
+                       workers=workers, train_other_head=train_other_head, table_device=table_device,
+                       first_pass=first_pass, loss=override(base.loss, tau=tau, m=m, w_pos=w_pos, w_neg=w_neg))
         cfg = apply_settings(cfg, set_ or [], "train")
         _train(cfg, model, keys, queries, out, manifest, progress, distribute, feature_cache, tensorboard)
 
@@ -167,7 +175,7 @@ def _train(cfg: TrainConfig, model, keys, queries, out, manifest, progress: bool
         "model": rep.out_dir, "negatives": rep.negatives, "steps": rep.steps, "batch": rep.batch_size,
         "pairs (rows)": rep.items, "table rows": rep.table_rows, "resumed from step": rep.resumed_from,
         "loss, first 5 steps": rep.first_loss, "loss, last 5 steps": rep.last_loss,
-        "s / step": rep.seconds_per_step, "seconds": rep.seconds, "replicas": rep.replicas,
+        "s / step": rep.seconds_per_step, "seconds": rep.seconds, "replicas": rep.replicas, "mining": rep.mining,
     })
 
 
@@ -176,14 +184,14 @@ _register_train_command(
     """Train Q backbone, Q head and K head; each step pushes B queries against ALL keys of the
     table (K head over the precomputed K features). Re-run the same command to resume.""",
     keys_help="K feature table prefix (precompute --side k); an image folder with --negatives batch.",
-    queries_help="Augmented images folder with manifest.csv.",
+    queries_help="Augmented images folder with manifest.csv (a frozen backbone: or its Q feature table).",
     model_help="Starting QK model folder.",
 )
 _register_train_command(
     "k",
     """Train K backbone, K head and Q head; each step pushes B keys against ALL queries of the
     table (Q head over the precomputed Q features). Re-run the same command to resume.""",
-    keys_help="Training images folder (the keys).",
+    keys_help="Training images folder (the keys; a frozen backbone: or its K feature table).",
     queries_help="Q feature table prefix (precompute --side q on the augmented images); the augmented folder with --negatives batch.",
     model_help="Starting QK model folder (usually train-q's output).",
 )

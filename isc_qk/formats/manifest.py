@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import UserError
@@ -37,37 +37,46 @@ def write_manifest(path: str | os.PathLike, rows: Sequence[tuple[str, str, str]]
         append_manifest_rows(tmp, rows)
 
 
-def read_manifest(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Read the manifest; a truncated last line (crash mid-write) is dropped."""
-    path = Path(path)
+def _rows(path: Path) -> Iterator[dict[str, str]]:
+    """The complete rows of a manifest, one at a time; a truncated last line (crash mid-write)
+    is dropped."""
     if not path.is_file():
         raise UserError(f"{path}: augmentation manifest not found (run `isc-qk augment` first)")
     with open(path, "rb") as fh:
         head = fh.read(64)
     if (",".join(MANIFEST_FIELDS) + "\n").encode().startswith(head):  # empty, or its header cut short (full disk)
-        return []
+        return
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
             if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
                 raise UserError(f"{path}: expected header {','.join(MANIFEST_FIELDS)}")
-            rows = [row for row in reader if None not in row.values() and row["query_id"]]
+            for row in reader:
+                if None not in row.values() and row["query_id"]:
+                    yield row
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: not an augmentation manifest ({type(e).__name__})") from None
-    return rows
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Read the manifest; a truncated last line (crash mid-write) is dropped."""
+    return list(_rows(Path(path)))
 
 
 def manifest_sources(path: str | os.PathLike) -> dict[str, str]:
-    """query_id -> source_id of every row (a non-empty manifest is required)."""
-    rows = read_manifest(path)
-    if not rows:
-        raise UserError(f"{path}: the augmentation manifest has no rows")
+    """query_id -> source_id of every row (a non-empty manifest is required).
+
+    Streams the rows: DISC21 with 8 copies has 8M of them, and a list of 8M row dicts would
+    take GBs for a moment."""
+    path = Path(path)
     sources: dict[str, str] = {}
-    for n, r in enumerate(rows, start=2):
+    for n, r in enumerate(_rows(path), start=2):
         q, s = r["query_id"], r["source_id"]
         why = id_problem(q) or id_problem(s)
         if why:
             raise UserError(f"{path}: row {n}: {q!r},{s!r} cannot be image ids ({why})")
         if sources.setdefault(q, s) != s:
             raise UserError(f"{path}: query {q} is listed with two sources ({sources[q]} and {s})")
+    if not sources:
+        raise UserError(f"{path}: the augmentation manifest has no rows")
     return sources

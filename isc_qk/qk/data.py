@@ -7,6 +7,8 @@ image) is a positive of its source key and of nothing else.
   K features of the keys; each query has one positive table row (its source).
 * train-k (table negatives): rows are KEY images that have at least one query in the table;
   the table holds precomputed Q features of the queries; a key's positives are all its copies.
+* A frozen backbone's own side may also be given as its precomputed feature table (train-q
+  ``--queries`` a Q table, train-k ``--keys`` a K table): the items are then the table's rows.
 * ``--negatives batch``: rows are keys that have at least one query image; each epoch picks
   one of its copies (seeded), both images go through their trainable models.
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..formats.feature_table import is_feature_table, open_feature_table
+from ..formats.feature_table import feature_table_paths, is_feature_table, open_feature_table, read_ids
 from ..formats.images import ImageFile, list_images
 from ..formats.manifest import manifest_sources
 from ..ui import warn
@@ -39,6 +41,9 @@ class TrainData:
     table_prefix: str | None = None
     partners: list[ImageFile] | None = None  # batch mode: the query images
     partner_of: list[np.ndarray] | None = None  # batch mode: per item, indices into partners
+    # the trainable side's own precomputed feature table, when the items were given as one
+    # (a frozen backbone: train-q --queries Q table, train-k --keys K table); items are its rows
+    items_prefix: str | None = None
 
     @property
     def n(self) -> int:
@@ -58,6 +63,7 @@ class TrainData:
             self.table_prefix,
             self.partners,
             [self.partner_of[i] for i in keep] if self.partner_of is not None else None,
+            self.items_prefix,
         )
 
     def keep_partners(self, keep_ids: set[str]) -> "TrainData":
@@ -122,11 +128,12 @@ def build_train_data(side: str, negatives: str, keys, queries, manifest=None) ->
         prefix = _need_table(keys, "--keys (for train-q)", "k")
         table_ids, table = open_feature_table(prefix)
         row = {k: i for i, k in enumerate(table_ids)}
-        listed = [f for f in list_images(_need_dir(queries, "--queries")) if f.id in source]
+        del table_ids
+        listed, own = _own_items(queries, "--queries", "q", source)
         items = [f for f in listed if source[f.id] in row]
-        _warn_dropped(len(source), len(listed), "have no image in --queries")
+        _warn_dropped(len(source), len(listed), f"have no {'row' if own else 'image'} in --queries")
         _warn_dropped(len(listed), len(items), f"have no key row in the --keys table {prefix}")
-        data = TrainData(items, [np.array([row[source[f.id]]]) for f in items], table, prefix)
+        data = TrainData(items, [np.array([row[source[f.id]]]) for f in items], table, prefix, items_prefix=own)
     else:
         prefix = _need_table(queries, "--queries (for train-k)", "q")
         table_ids, table = open_feature_table(prefix)
@@ -134,16 +141,32 @@ def build_train_data(side: str, negatives: str, keys, queries, manifest=None) ->
         for i, q in enumerate(table_ids):
             if q in source:
                 rows.setdefault(source[q], []).append(i)
+        del table_ids
         _warn_dropped(len(source), sum(len(r) for r in rows.values()), f"have no row in the --queries table {prefix}")
-        items = [f for f in list_images(_need_dir(keys, "--keys")) if f.id in rows]
-        _warn_dropped(len(rows), len(items), "have no image in --keys", what="source keys of the queries")
-        data = TrainData(items, [np.array(rows[f.id]) for f in items], table, prefix)
+        listed, own = _own_items(keys, "--keys", "k", rows)
+        items = [f for f in listed if f.id in rows]
+        _warn_dropped(len(rows), len(items), f"have no {'row' if own else 'image'} in --keys",
+                      what="source keys of the queries")
+        data = TrainData(items, [np.array(rows[f.id]) for f in items], table, prefix, items_prefix=own)
     if not data.items:
         raise UserError(
             f"no (query, key) pairs: none of the manifest's {len(source)} queries pairs with an available "
             f"image/table row (check --keys, --queries and {manifest})"
         )
     return data
+
+
+def _own_items(path, what: str, side: str, wanted) -> tuple[list[ImageFile], str | None]:
+    """The trainable side's items: the images of a folder, or the rows of a feature table of
+    this side (for a frozen backbone; train.py checks that), keeping those in `wanted`."""
+    if Path(path).is_dir():
+        return [f for f in list_images(path) if f.id in wanted], None
+    if not is_feature_table(path):
+        raise UserError(f"{what} {path}: not found (an image folder, or a {side.upper()} feature table PREFIX.npy "
+                        "for a model with a frozen backbone)")
+    prefix = _need_table(path, what, side)
+    npy, ids_path = feature_table_paths(prefix)
+    return [ImageFile(i, npy) for i in read_ids(ids_path) if i in wanted], prefix
 
 
 def _warn_dropped(before: int, after: int, why: str, what: str = "training queries") -> None:

@@ -33,7 +33,9 @@ single-device loss exactly and only splits the work that is per image:
 
 The price is one extra forward pass of the backbone per step (step 3 recomputes step 1's
 descriptors, since a tape cannot live across two `strategy.run` calls), and mining runs on
-one device. ``negatives="batch"`` (SimCLR-style) works the same way with ``q`` and ``k`` both
+one device. When the other head does not train (``train_other_head=False``), step 2 mines
+against the other side's cached descriptors (`qk.mining.KeyTable`, on the first device) and
+step 3 uses the selected rows' cached descriptors as constants; the rest is the same. ``negatives="batch"`` (SimCLR-style) works the same way with ``q`` and ``k`` both
 gathered, and the in-batch loss evaluated on the full batch by every replica.
 """
 
@@ -162,13 +164,14 @@ class DistributedStepper:
     non-finite loss can still be refused before any weight changes.
     """
 
-    def __init__(self, strategy, model, cfg, data, variables, optimizer) -> None:
+    def __init__(self, strategy, model, cfg, data, variables, optimizer, key_table=None) -> None:
         import tensorflow as tf
 
         from .loss import in_batch_loss, pair_d2, pair_loss
         from .steps import side_descriptors
 
         self.strategy, self.model, self.cfg, self.data = strategy, model, cfg, data
+        self.key_table = key_table  # qk.mining.KeyTable: the other side's cached descriptors
         self.variables, self.optimizer = variables, optimizer
         self.loss_cfg = cfg.loss
         self.n = strategy.num_replicas_in_sync
@@ -202,6 +205,18 @@ class DistributedStepper:
             grads = tape.gradient(loss, variables)
             return grads, tf.stack([loss, l_pos, l_neg]), d2_pos, d2_neg
 
+        def cached_grads(inp, start, x_full, keys, pq, pk, nq, nk):
+            """The other side is constant (cached descriptors `keys` of the selected rows): only
+            this replica's own batch rows carry gradient."""
+            with tf.GradientTape() as tape:
+                (x_r,) = describe_pair(inp)
+                x = _through_own_rows(x_full, x_r, start)
+                d2_pos = pair_d2(x, keys, pq, pk)
+                d2_neg = pair_d2(x, keys, nq, nk)
+                loss, l_pos, l_neg = pair_loss(d2_pos, d2_neg, self.batch, lc)
+            grads = tape.gradient(loss, variables)
+            return grads, tf.stack([loss, l_pos, l_neg]), d2_pos, d2_neg
+
         def batch_grads(inp, start, q_full, k_full):
             with tf.GradientTape() as tape:
                 q_r, k_r = describe_pair(inp)
@@ -212,6 +227,7 @@ class DistributedStepper:
 
         # the number of selected table rows changes every step: relax shapes, do not retrace
         self._table_step = tf.function(lambda *a: strategy.run(table_grads, args=a), reduce_retracing=True)
+        self._cached_step = tf.function(lambda *a: strategy.run(cached_grads, args=a), reduce_retracing=True)
         self._batch_step = tf.function(lambda *a: strategy.run(batch_grads, args=a))
         self._forward = forward
 
@@ -267,6 +283,9 @@ class DistributedStepper:
 
         x = gathered[0]
         pos = self.data.positive_pairs(rows)
+        idx = lambda a: tf.constant(a, tf.int32)  # noqa: E731
+        if self.key_table is not None:
+            return self._cached(x, pos, dist_inp, starts, idx)
         head = self.model.head(self.other)
         t0 = time.perf_counter()
         neg = mine_hard_negatives(x, head, self.data.table, pos, b * self.loss_cfg.m, chunk=self.cfg.chunk)
@@ -279,10 +298,28 @@ class DistributedStepper:
             lambda ctx: tf.constant(feats[slice(*kslices[ctx.replica_id_in_sync_group])])
         )
         kstarts = self._per_replica_scalar([s for s, _ in kslices])
-        idx = lambda a: tf.constant(a, tf.int32)  # noqa: E731
         grads, parts, d2_pos, d2_neg = self._table_step(
             dist_inp, starts, dist_feats, kstarts, x, tf.convert_to_tensor(keys),
             idx(pos[:, 0]), idx(np.searchsorted(sel, pos[:, 1])), idx(neg[:, 0]), idx(np.searchsorted(sel, neg[:, 1])),
+        )
+        loss, l_pos, l_neg = (float(v) for v in self._first(parts).numpy())
+        stats = loss_stats(loss, l_pos, l_neg, self._first(d2_pos).numpy(), self._first(d2_neg).numpy(), len(sel), mine_s)
+        return self._first(parts)[0], stats, grads
+
+    def _cached(self, x, pos, dist_inp, starts, idx):
+        """Mining once against the cached descriptors (on their device), then each replica's
+        share of the gradient; the other head is frozen, so the selected rows are constants."""
+        from .loss import _check_pairs, _n_neg, loss_stats, selected_rows
+
+        kt, b = self.key_table, int(x.shape[0])
+        pairs = _check_pairs(pos, b, kt.n)
+        t0 = time.perf_counter()
+        neg, _ = kt.mine(x, pairs, _n_neg(b * self.loss_cfg.m, b, kt.n, pairs))
+        mine_s = time.perf_counter() - t0
+        sel = selected_rows(pairs, neg)
+        grads, parts, d2_pos, d2_neg = self._cached_step(
+            dist_inp, starts, x, kt.rows(sel),
+            idx(pairs[:, 0]), idx(np.searchsorted(sel, pairs[:, 1])), idx(neg[:, 0]), idx(np.searchsorted(sel, neg[:, 1])),
         )
         loss, l_pos, l_neg = (float(v) for v in self._first(parts).numpy())
         stats = loss_stats(loss, l_pos, l_neg, self._first(d2_pos).numpy(), self._first(d2_neg).numpy(), len(sel), mine_s)

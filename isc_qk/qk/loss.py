@@ -22,6 +22,9 @@ How the pairs are selected differs:
   (`mine_hard_negatives`), then the head is re-run WITH gradient on the selected table rows
   only. Rows that are not selected contribute nothing to the loss, so their gradient is zero
   in the naive version too: both give the same loss and the same gradients.
+* `cached_qk_loss`: `qk_loss` when the other head does not train in the phase: its descriptors
+  of every table row are constants, computed once (`qk.cached_side`), and the mining is the
+  distance pass alone, in TensorFlow on the model's device (`qk.mining`, same tie rule).
 * `in_batch_loss`: the SimCLR-style comparison, negatives from the batch only.
 """
 
@@ -39,6 +42,8 @@ from ..errors import UserError
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
+
+    from .mining import KeyTable
 
 #: Floor on d2 / tau in the negative term: -log(1 - exp(-x)) is +inf at x = 0 (a negative
 #: identical to the query); the floor caps that term at ~13.8 instead of producing inf/NaN.
@@ -289,11 +294,38 @@ def qk_loss(
     t0 = time.perf_counter()
     neg, _ = _mine(q, head, table, pairs, n_rows * cfg.m, chunk)
     mine_s = time.perf_counter() - t0
-    rows = np.unique(np.concatenate([pairs[:, 1], neg[:, 1]]))
+    rows = selected_rows(pairs, neg)
     keys = head(tf.cast(tf.convert_to_tensor(np.asarray(table[rows])), tf.float32), training=False)
+    return _selected_loss(q, keys, rows, pairs, neg, cfg, mine_s)
+
+
+def cached_qk_loss(q: "tf.Tensor", keys: "KeyTable", pos_pairs: np.ndarray, cfg: LossConfig) -> tuple["tf.Tensor", dict]:
+    """`qk_loss` when the other side is constant during the phase (its head does not train):
+    `keys` holds its descriptor of every table row (`qk.cached_side`, `qk.mining.KeyTable`).
+
+    The same selection (global top B*M, same tie rule) and the same formula on the same
+    descriptors; only q carries gradient, as in `qk_loss` with a frozen head.
+    """
+    n_rows = q.shape[0]
+    pairs = _check_pairs(pos_pairs, n_rows, keys.n)
+    t0 = time.perf_counter()
+    neg, _ = keys.mine(q, pairs, _n_neg(n_rows * cfg.m, n_rows, keys.n, pairs))
+    mine_s = time.perf_counter() - t0
+    rows = selected_rows(pairs, neg)
+    return _selected_loss(q, keys.rows(rows), rows, pairs, neg, cfg, mine_s)
+
+
+def selected_rows(pairs: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """The table rows a step's loss touches (positives and mined negatives), sorted, unique."""
+    return np.unique(np.concatenate([pairs[:, 1], neg[:, 1]]))
+
+
+def _selected_loss(q, keys, rows: np.ndarray, pairs: np.ndarray, neg: np.ndarray, cfg: LossConfig,
+                   mine_s: float) -> tuple["tf.Tensor", dict]:
+    """The loss of the selected pairs, `keys` holding the descriptors of table rows `rows`."""
     d2_pos = pair_d2(q, keys, pairs[:, 0], np.searchsorted(rows, pairs[:, 1]))
     d2_neg = pair_d2(q, keys, neg[:, 0], np.searchsorted(rows, neg[:, 1]))
-    loss, l_pos, l_neg = pair_loss(d2_pos, d2_neg, n_rows, cfg)
+    loss, l_pos, l_neg = pair_loss(d2_pos, d2_neg, q.shape[0], cfg)
     return loss, loss_stats(loss, l_pos, l_neg, d2_pos, d2_neg, len(rows), mine_s)
 
 

@@ -1,8 +1,9 @@
 """One training step: the batch's inputs, forward + loss + gradients, and the update.
 
-Forward passes are tf.functions (never XLA on a CPU); the table loss (NumPy mining + the
-other side's head re-run on the selected rows, `qk.loss.qk_loss`) runs eagerly under the same
-tape. `qk.distribute.DistributedStepper` is the multi-device twin with the same interface.
+Forward passes are tf.functions (never XLA on a CPU); the table loss runs eagerly under the
+same tape: `qk.loss.cached_qk_loss` against the cached descriptors of a frozen other side
+(`key_table`, mined on the device), else `qk.loss.qk_loss` (chunked mining through the other
+head, then that head re-run on the selected rows). `qk.distribute.DistributedStepper` is the multi-device twin with the same interface.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ def trainable_variables(model, cfg: TrainConfig) -> list:
 class Stepper:
     """Forward/backward of one step on one device (`loss_and_grads`), then `apply`."""
 
-    def __init__(self, model, cfg: TrainConfig, data: TrainData, variables, optimizer) -> None:
+    def __init__(self, model, cfg: TrainConfig, data: TrainData, variables, optimizer, key_table=None) -> None:
         import tensorflow as tf
 
-        self.model, self.cfg, self.data = model, cfg, data
+        self.model, self.cfg, self.data, self.key_table = model, cfg, data, key_table
         self.variables, self.optimizer = variables, optimizer
         self.describe = tf.function(lambda side, inp, prefix="": side_descriptors(model, side, inp, prefix))
 
@@ -58,7 +59,7 @@ class Stepper:
     def loss_and_grads(self, rows: np.ndarray, inputs: dict) -> tuple[object, dict, list]:
         import tensorflow as tf
 
-        from .loss import in_batch_loss, qk_loss
+        from .loss import cached_qk_loss, in_batch_loss, qk_loss
 
         cfg = self.cfg
         with tf.GradientTape() as tape:
@@ -70,9 +71,30 @@ class Stepper:
             else:
                 x = self.describe(cfg.side, inputs)
                 other = "k" if cfg.side == "q" else "q"
-                loss, stats = qk_loss(x, self.model.head(other), self.data.table, self.data.positive_pairs(rows),
-                                      cfg.loss, chunk=cfg.chunk)
+                if self.key_table is not None:  # the other head is frozen: its descriptors are cached
+                    loss, stats = cached_qk_loss(x, self.key_table, self.data.positive_pairs(rows), cfg.loss)
+                else:
+                    loss, stats = qk_loss(x, self.model.head(other), self.data.table, self.data.positive_pairs(rows),
+                                          cfg.loss, chunk=cfg.chunk)
         return loss, stats, tape.gradient(loss, self.variables)
+
+
+class TableRows:
+    """Rows `index` of a (memory-mapped) feature table, read batch by batch: the items of a
+    frozen side (8M edited copies at DISC21 size) are never copied into memory whole."""
+
+    def __init__(self, table: np.ndarray, index: np.ndarray) -> None:
+        self.table, self.index = table, np.asarray(index, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.index), int(self.table.shape[1]))
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return np.asarray(self.table[self.index[np.asarray(rows)]])
 
 
 @dataclass

@@ -19,7 +19,9 @@ those of an uninterrupted run.
 
 Output folder: a complete model folder (`QKModel.save`) plus ``train_config.json`` (the
 record), ``train_report.json``, ``losses.csv`` and ``loss_curve.png``; ``cache/`` holds the
-start vectors of the trainable side's images (computed once, resumable).
+start vectors of the trainable side's images (computed once, resumable) and, while a stage
+whose other head does not train runs, that side's descriptors of every table row
+(`qk.cached_side`; removed when the stage finishes).
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class TrainReport:
     skipped: bool = False  # the output folder already held this finished run
     bad_images: list[str] = field(default_factory=list)
     replicas: int = 1  # devices the batch was split across (tf.distribute)
+    mining: str = ""  # how negatives were mined (cached descriptors and where, or the head pass)
+    peak_rss_gb: float = 0.0  # this process's peak resident memory when the stage finished (Linux)
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -95,6 +99,7 @@ class _Run:
     total: int
     strategy: object
     ckpt: object
+    key_table: object = None  # qk.mining.KeyTable: the cached descriptors of a frozen other side
 
 
 def train(
@@ -115,6 +120,8 @@ def train(
     keys / queries: an image folder or a feature-table prefix, depending on the stage:
     train-q: keys = K table of the training images, queries = augmented folder (manifest.csv);
     train-k: keys = training image folder, queries = Q table of the augmented images;
+    with a frozen backbone the trainable side may be its feature table too (train-q queries =
+    Q table of the augmented images, train-k keys = K table of the training images);
     negatives="batch": both are image folders. `manifest` defaults to QUERIES/manifest.csv
     (for a table: the manifest of the folder it was computed from).
     `on_step(step, loss)` is called after every finished step (progress hooks, tests).
@@ -137,16 +144,37 @@ def train(
     art = Artifact(out, KIND, layout="folder", stage="train", owns=("qk-model",))
     resumable = lambda: (out / CKPT_DIR / "latest.json").is_file()  # noqa: E731
     writes = _written(model_dir, out, feature_cache)
-    with art.open(cfg, inputs, ignore=("checkpoint_every", "workers"), resumable=resumable, writes=writes) as state:
+    if cached_other_side(cfg) and feature_cache is not None:
+        writes.append(out / CACHE_DIR)  # the other side's cached descriptors, while the stage runs
+    with art.open(cfg, inputs, ignore=("checkpoint_every", "workers", "table_device", "first_pass"), resumable=resumable,
+                  writes=writes) as state:
         if state.done:
             return _done_report(state.report, out, art)
         cache = Path(feature_cache) if feature_cache is not None else out / CACHE_DIR
         run = _prepare(model_dir, keys, queries, manifest, out, cfg, progress, strategy, cache)
-        losses, stats, resumed_from, step_seconds = _run_steps(run, progress, on_step, tensorboard)
+        try:
+            losses, stats, resumed_from, step_seconds = _run_steps(run, progress, on_step, tensorboard)
+        finally:
+            if run.key_table is not None:
+                run.key_table.close()  # the first pass's threads; the table goes with `run`
         report = _finish(run, losses, stats, resumed_from, time.perf_counter() - t0, step_seconds)
         art.finish(report.summary())
     shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
+    if cached_other_side(cfg):
+        from .cached_side import remove_cached_side
+
+        remove_cached_side(out / CACHE_DIR, _other(cfg))
     return report
+
+
+def cached_other_side(cfg: TrainConfig) -> bool:
+    """The other side is constant during this stage (its head does not train; its backbone never
+    does in table mode): its descriptors of every table row are computed once (`qk.cached_side`)."""
+    return cfg.negatives == "table" and not cfg.train_other_head
+
+
+def _other(cfg: TrainConfig) -> str:
+    return "k" if cfg.side == "q" else "q"
 
 
 def _written(model_dir, out: Path, feature_cache) -> list[Path]:
@@ -200,10 +228,17 @@ def _prepare(model_dir, keys, queries, manifest: Path, out: Path, cfg: TrainConf
     ckpt = latest_checkpoint(out / CKPT_DIR)
     with strategy.scope():
         model = QKModel.load(ckpt.path if ckpt else model_dir)
+    cached = cached_other_side(cfg)
     if data.table is not None:
-        _check_table_model(data, model, "k" if cfg.side == "q" else "q")
-        if not _table_is_finite(data.table):
+        _check_table_model(data.table_prefix, data.table, model, _other(cfg))
+        # the cache build reads (and checks) every row anyway
+        if not cached and not _table_is_finite(data.table):
             raise UserError(f"{data.table_prefix}: the feature table holds NaN or inf values; re-run its precompute")
+    if data.items_prefix is not None and not model.frozen:
+        what = "--queries" if cfg.side == "q" else "--keys"
+        raise UserError(f"{what} {data.items_prefix}: a feature table of the trainable side works only with a frozen "
+                        f"backbone (ONNX, or freeze_backbone); this model's {cfg.side.upper()} backbone trains, give "
+                        "the image folder")
     if model.frozen:
         data, arrays, bad = _frozen_rows(data, model, model_dir, cache, cfg, progress)
     else:
@@ -221,7 +256,19 @@ def _prepare(model_dir, keys, queries, manifest: Path, out: Path, cfg: TrainConf
         from ..stages.resources import pixels_per_batch
 
         pixels_per_batch(batch * (2 if cfg.negatives == "batch" else 1), model.spec.input_size)
-    return _Run(out, cfg, model, data, arrays, bad, batch, per_epoch, total, strategy, ckpt)
+    key_table = _key_table(model, data, out, cfg, progress) if cached else None
+    return _Run(out, cfg, model, data, arrays, bad, batch, per_epoch, total, strategy, ckpt, key_table)
+
+
+def _key_table(model, data: TrainData, out: Path, cfg: TrainConfig, progress: bool):
+    """The frozen other side's descriptors of every table row: built once per phase under
+    OUT/cache (resumable), then placed for mining (`--table-device`)."""
+    from .cached_side import cached_side, open_cached_side
+    from .mining import KeyTable
+
+    other = _other(cfg)
+    prefix = cached_side(model.head(other), other, data.table, data.table_prefix, out / CACHE_DIR, progress)
+    return KeyTable(open_cached_side(prefix), cfg.table_device, first_pass=cfg.first_pass)
 
 
 def _start_vectors(data: TrainData, model, out: Path, cfg: TrainConfig, progress: bool):
@@ -248,9 +295,16 @@ def _start_vectors(data: TrainData, model, out: Path, cfg: TrainConfig, progress
 def _frozen_rows(data: TrainData, model, model_dir, cache: Path, cfg: TrainConfig, progress: bool):
     """A frozen backbone's side needs no decoding while training: its head inputs (features +
     start) are precomputed once per image folder into `cache` (`frozen_table`) and read by id."""
-    from .steps import ItemInputs
+    from ..formats.feature_table import open_feature_table
+    from .steps import ItemInputs, TableRows
 
     own_side = "k" if cfg.negatives == "batch" else cfg.side
+    if data.items_prefix is not None:  # given as its table: rows are read from it per batch
+        ids, rows = open_feature_table(data.items_prefix)
+        _check_table_model(data.items_prefix, rows, model, own_side)
+        at = {i: r for r, i in enumerate(ids)}
+        index = np.array([at[f.id] for f in data.items], np.int64)
+        return data, ItemInputs(TableRows(rows, index), None, frozen=True), []
     rows, ids, bad = _table_rows(model, model_dir, own_side, data.items, cache, cfg, progress)
     data = data.filter(set(ids))
     partner_rows = None
@@ -259,7 +313,9 @@ def _frozen_rows(data: TrainData, model, model_dir, cache: Path, cfg: TrainConfi
         bad = bad + pbad
         data = data.keep_partners(set(pids))
         partner_rows = _rows_of(data.partners, pids, prow, prow.shape[1])
-    return data, ItemInputs(_rows_of(data.items, ids, rows, rows.shape[1]), partner_rows, frozen=True), bad
+    at = {i: r for r, i in enumerate(ids)}
+    index = np.array([at[f.id] for f in data.items], np.int64)
+    return data, ItemInputs(TableRows(rows, index), partner_rows, frozen=True), bad
 
 
 def _table_rows(model, model_dir, side: str, files, cache: Path, cfg: TrainConfig, progress: bool):
@@ -279,22 +335,22 @@ def _rows_of(files, ids: list[str], rows: np.ndarray, width: int) -> np.ndarray:
     return np.asarray(rows[idx]) if len(idx) else np.zeros((0, width), np.float32)
 
 
-def _check_table_model(data: TrainData, model, frozen: str) -> None:
+def _check_table_model(prefix, table: np.ndarray, model, frozen: str) -> None:
     """The table must hold THIS model's frozen-side features, or training is silently wrong."""
     from .precompute import table_config
 
     width = model.spec.dim + model.cfg.dim
-    if data.table.shape[1] != width:
-        raise UserError(f"{data.table_prefix}: table has {data.table.shape[1]} columns, this model needs {width}")
-    tcfg = table_config(data.table_prefix)
+    if table.shape[1] != width:
+        raise UserError(f"{prefix}: table has {table.shape[1]} columns, this model needs {width}")
+    tcfg = table_config(prefix)
     if tcfg is None:
-        warn(f"{data.table_prefix}: no record beside it; cannot check it was computed with this model")
+        warn(f"{prefix}: no record beside it; cannot check it was computed with this model")
         return
     if tcfg.side != frozen:
-        raise UserError(f"{data.table_prefix}: table holds {tcfg.side.upper()} features, this stage needs {frozen.upper()} features")
+        raise UserError(f"{prefix}: table holds {tcfg.side.upper()} features, this stage needs {frozen.upper()} features")
     if tcfg.model_fingerprint != model.backbone_fingerprint(frozen):
         raise UserError(
-            f"{data.table_prefix}: computed with another {frozen.upper()} backbone than this model's; "
+            f"{prefix}: computed with another {frozen.upper()} backbone than this model's; "
             f"re-run `isc-qk precompute --model <this model> --side {frozen}`"
         )
 
@@ -332,8 +388,8 @@ def _run_steps(run: _Run, progress: bool, on_step, tensorboard=None) -> tuple[li
         step = run.ckpt.step
         losses, stats_log = list(run.ckpt.state.get("losses", []))[:step], list(run.ckpt.state.get("stats", []))[:step]
     resumed_from = step
-    make = Stepper if is_default(run.strategy) else (lambda *a: DistributedStepper(run.strategy, *a))
-    stepper = make(model, cfg, run.data, variables, optimizer)
+    make = Stepper if is_default(run.strategy) else (lambda *a, **kw: DistributedStepper(run.strategy, *a, **kw))
+    stepper = make(model, cfg, run.data, variables, optimizer, key_table=run.key_table)
     pool = decode_pool(cfg.workers)
     inputs_of = batch_loader(cfg, run.data, run.arrays, model, run.batch, pool)
 
@@ -349,6 +405,7 @@ def _run_steps(run: _Run, progress: bool, on_step, tensorboard=None) -> tuple[li
         with ticker(progress, run.total, f"train-{cfg.side} ({cfg.negatives})") as tick, \
                 closing(one_ahead(inputs_of(s) for s in range(step, run.total))) as batches:
             tick(step)
+            t_prev = time.perf_counter()
             for rows, inp in batches:
                 loss, stats, grads = stepper.loss_and_grads(rows, {k: tf.constant(v) for k, v in inp.items()})
                 loss_f = float(loss)
@@ -360,7 +417,9 @@ def _run_steps(run: _Run, progress: bool, on_step, tensorboard=None) -> tuple[li
                     raise UserError(_nonfinite_weights_message(step + 1, run, last_saved(step)))
                 step += 1
                 losses.append(loss_f)
-                stats_log.append({k: v for k, v in stats.items() if k != "loss"})
+                now = time.perf_counter()  # wall time of the step, waiting for its batch included
+                stats_log.append({**{k: v for k, v in stats.items() if k != "loss"}, "step_s": round(now - t_prev, 4)})
+                t_prev = now
                 in_update = False
                 tb.step(step, loss_f, stats, float(schedule(step - 1)))
                 tick(1)
@@ -396,7 +455,9 @@ def _nonfinite_weights_message(step: int, run: _Run, saved: int) -> str:
 
 
 def _table_is_finite(table: np.ndarray, chunk: int = 65536) -> bool:
-    return all(np.isfinite(np.asarray(table[s:s + chunk], dtype=np.float32)).all() for s in range(0, len(table), chunk))
+    from .mining import read_rows  # file reads: checking a 12 GB table must not map it all into the process
+
+    return all(np.isfinite(read_rows(table, s, s + chunk)).all() for s in range(0, len(table), chunk))
 
 
 def _finish(run: _Run, losses: list[float], stats: list[dict], resumed_from: int, seconds: float,
@@ -413,8 +474,30 @@ def _finish(run: _Run, losses: list[float], stats: list[dict], resumed_from: int
         table_rows=int(run.data.table.shape[0]) if run.data.table is not None else 0, losses=losses,
         first_loss=_mean(losses[:5]), last_loss=_mean(losses[-5:]), resumed_from=resumed_from,
         seconds=round(seconds, 3), seconds_per_step=round(step_seconds / max(1, run.total - resumed_from), 4),
-        bad_images=run.bad, replicas=run.strategy.num_replicas_in_sync,
+        bad_images=run.bad, replicas=run.strategy.num_replicas_in_sync, mining=_mining_text(run),
+        peak_rss_gb=_peak_rss_gb(),
     )
+
+
+def _peak_rss_gb() -> float:
+    """VmHWM of this process (its own peak, unlike a parent's rusage, which counts the memory
+    of the process it was forked from); 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / 1e9, 3)
+    except OSError:
+        pass
+    return 0.0
+
+
+def _mining_text(run: _Run) -> str:
+    if run.cfg.negatives == "batch":
+        return "in-batch"
+    if run.key_table is not None:
+        return run.key_table.describe()
+    return f"{_other(run.cfg).upper()} head over the feature table, chunks of {run.cfg.chunk}"
 
 
 def _mean(xs: list[float]) -> float:
