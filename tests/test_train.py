@@ -212,11 +212,11 @@ def test_train_k_rows_are_keys_positives_their_copies_negatives_every_other_copy
         assert sorted(qids[j] for j in pos) == sorted(q for q, s in source.items() if s == item.id)
         assert len(pos) == COPIES
     model = QKModel.load(world.fast)
-    table = KeyTable(model.q_head(tf.cast(np.asarray(qtable), tf.float32)).numpy())
+    table = KeyTable(model.head("q")(tf.cast(np.asarray(qtable), tf.float32)).numpy())
     rows = np.arange(8)
     pairs = data.positive_pairs(rows)
     kids, ktable = open_feature_table(world.root / "kfeats_fast")
-    x = model.k_head(tf.cast(np.asarray(ktable)[[kids.index(data.items[r].id) for r in rows]], tf.float32))
+    x = model.head("k")(tf.cast(np.asarray(ktable)[[kids.index(data.items[r].id) for r in rows]], tf.float32))
     every = len(rows) * len(qids) - len(pairs)
     neg, _ = table.mine(x, pairs, every)  # n = every non-positive pair
     want = {(r, t) for r in range(len(rows)) for t in range(len(qids)) if source[qids[t]] != data.items[rows[r]].id}
