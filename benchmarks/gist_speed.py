@@ -2,7 +2,7 @@
 
 Decode excluded: GIST 960 on a uint8 N x 32 x 32 x 3 array (random crops of scikit-image's
 bundled photos). Decode included: the per-image stage runner (`isc_qk.stages.runner`, what
-`gist-pca` runs) on JPEG files with 1 and 2 decode threads, either written to a temporary
+`gist-pca` runs) on JPEG files with 1 and 2 decode workers (processes for GIST), either written to a temporary
 folder from the same photos (about ISC-sized, 640 px on the long side) or taken from
 ``--images DIR``.
 
@@ -118,7 +118,7 @@ def main() -> None:
             source = "skimage photos, 640 px JPEGs"
         for threads in (1, 2):
             rate, bad = rate_files(paths, threads, Path(tmp))
-            print(f"decode included ({len(paths)} files from {source}), {threads} decode thread(s): "
+            print(f"decode included ({len(paths)} files from {source}), {threads} decode worker(s): "
                   f"{rate:8.0f} images/s ({bad} unreadable)")
 
 

@@ -51,6 +51,9 @@ class Encoder(ABC):
     takes_resize: ClassVar[bool] = False
     #: A Keras backbone whose weights can train (`registry.is_trainable`).
     can_train: ClassVar[bool] = False
+    #: `decode` computes in Python/NumPy holding the GIL (GIST) and the encoder pickles: the
+    #: per-image runner then decodes in worker processes instead of threads.
+    decode_in_processes: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

@@ -24,6 +24,7 @@ from .registry import register
 @register("gist")
 class GistEncoder(Encoder):
     kind = "GIST descriptor"
+    decode_in_processes = True  # 32x32 FFTs in NumPy: threads share one core (measured: 679 vs 1,054 images/s)
 
     @classmethod
     def create(cls, name: Name, *, trainable: bool, weights: str | None, folder: Path | None) -> "GistEncoder":

@@ -64,6 +64,10 @@ class SideJob:
     def decoders(self) -> list:
         return self.plan.decoders
 
+    @property
+    def processes(self) -> bool:
+        return all(e.decode_in_processes for e in self.plan.encoders)
+
     def prepare(self, chunk) -> Batch:
         return prepare_batch(chunk, self.plan, self.pad_to)
 

@@ -23,7 +23,11 @@ GIST's 32x32 preprocessing...) and ``rows`` (per chunk, in the main thread: the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+import multiprocessing
+import signal
+import sys
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from itertools import repeat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -89,16 +93,30 @@ class DecodedChunk:
 
 
 def decode_chunk(files: Sequence[ImageFile], first: int, decoders: Sequence[Decoder],
-                 pool: ThreadPoolExecutor | None = None) -> DecodedChunk:
-    jobs = (lambda f=f: decode_file(f.path, decoders) for f in files)
-    results = list(pool.map(lambda j: j(), jobs)) if pool else [j() for j in jobs]
+                 pool: Executor | None = None) -> DecodedChunk:
+    paths = [str(f.path) for f in files]
+    if pool is None:
+        results = [decode_file(p, decoders) for p in paths]
+    else:  # a process pool gets its files in a few slices (one message each), threads one by one
+        slices = max(1, len(paths) // (4 * getattr(pool, "_max_workers", 1))) if isinstance(pool, ProcessPoolExecutor) else 1
+        results = list(pool.map(decode_file, paths, repeat(decoders), chunksize=slices))
     bad = {first + i: err for i, (_, err) in enumerate(results) if err is not None}
     return DecodedChunk(first, len(files), [v for v, _ in results], bad)
 
 
-def decode_pool(workers: int) -> ThreadPoolExecutor:
-    """Threads for decoding the files of one chunk in parallel."""
+def decode_pool(workers: int, processes: bool = False) -> Executor:
+    """Workers decoding the files of one chunk in parallel: threads (PIL decodes and resizes
+    without the GIL), or with `processes` (decoders that compute in Python/NumPy holding the GIL,
+    such as GIST, and that pickle) worker processes; forked, or spawned once TensorFlow runs
+    here (forking its threads can deadlock). Ctrl-C is left to the parent."""
+    if processes and workers > 1:
+        ctx = multiprocessing.get_context("spawn" if "tensorflow" in sys.modules else "fork")
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
     return ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def one_ahead(tasks: Iterable[Callable[[], R]]) -> Iterator[R]:
@@ -150,9 +168,9 @@ class ChunkReader:
     """
 
     def __init__(self, files: Sequence[ImageFile], decoders: Sequence[Decoder], chunk: int, workers: int,
-                 prepare: Callable[[DecodedChunk], Any] = lambda c: c) -> None:
+                 prepare: Callable[[DecodedChunk], Any] = lambda c: c, processes: bool = False) -> None:
         self.files, self.decoders, self.chunk, self.prepare = files, list(decoders), chunk, prepare
-        self.pool = decode_pool(workers)
+        self.pool = decode_pool(workers, processes)
         self._it: Iterator | None = None
         self._blas = single_threaded_blas()  # before the prefetch thread exists: no BLAS call runs
 
@@ -191,6 +209,7 @@ class PerImageJob(Protocol):
     width: int
     dtype: str
     decoders: Sequence[Decoder]
+    processes: bool  # decode in worker processes (`decode_pool`)
 
     def prepare(self, chunk: DecodedChunk) -> Any:
         """Work done in the prefetch thread on a decoded chunk (e.g. a start's PCA)."""
@@ -202,5 +221,5 @@ class PerImageJob(Protocol):
 def fill_from_images(art: Artifact, files: Sequence[ImageFile], job: PerImageJob, chunk: int, workers: int,
                      on_rows: Callable[[int], None] | None = None) -> Filled:
     """Fill ``art.partial`` with one row per file (resuming an interrupted run)."""
-    with ChunkReader(files, job.decoders, chunk, workers, job.prepare) as reader:
+    with ChunkReader(files, job.decoders, chunk, workers, job.prepare, getattr(job, "processes", False)) as reader:
         return fill_rows(art, len(files), job.width, job.dtype, lambda s, e: job.rows(reader(s, e)), chunk, on_rows)

@@ -68,6 +68,10 @@ class RawJob:
     def decoders(self) -> list:
         return [self.encoder.decode]
 
+    @property
+    def processes(self) -> bool:
+        return self.encoder.decode_in_processes
+
     def prepare(self, chunk: DecodedChunk) -> tuple[DecodedChunk, np.ndarray]:
         return chunk, self.encoder.encode(chunk.column(0))
 
