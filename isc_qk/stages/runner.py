@@ -107,10 +107,13 @@ def decode_chunk(files: Sequence[ImageFile], first: int, decoders: Sequence[Deco
 def decode_pool(workers: int, processes: bool = False) -> Executor:
     """Workers decoding the files of one chunk in parallel: threads (PIL decodes and resizes
     without the GIL), or with `processes` (decoders that compute in Python/NumPy holding the GIL,
-    such as GIST, and that pickle) worker processes; forked, or spawned once TensorFlow runs
-    here (forking its threads can deadlock). Ctrl-C is left to the parent."""
-    if processes and workers > 1:
-        ctx = multiprocessing.get_context("spawn" if "tensorflow" in sys.modules else "fork")
+    such as GIST, and that pickle) forked worker processes, which leave Ctrl-C to the parent.
+
+    Only forked, and only while TensorFlow has not started here: forking its threads can
+    deadlock, and a spawned worker re-imports the caller's main module (a user's script without
+    a ``__main__`` guard would run again in every worker). Threads then, as in training."""
+    if processes and workers > 1 and "tensorflow" not in sys.modules and "fork" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("fork")
         return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
     return ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
 
