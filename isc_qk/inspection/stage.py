@@ -107,11 +107,48 @@ def inspect_results(
     workers: int = 2,
     progress: bool = True,
 ) -> InspectReport:
-    """Write OUT/index.html (+ inspect.json, pr.png, thumbs/) for the result(s); see the module docstring."""
+    """Write OUT/index.html (+ inspect.json, pr.png, thumbs/) for the result(s); see the module docstring.
+
+    Three steps: check every option and path, read and search (nothing written yet), write."""
     t0 = time.perf_counter()
     out = Path(out)
     qfiles, rfiles = _paths(query), _paths(reference)
     cq, cr = _paths(compare_query), _paths(compare_reference)
+    folders = {"q": Path(query_images), "r": Path(reference_images)}
+    _check_options(qfiles, rfiles, cq, cr, show, neighbours, thumb_size, folders)
+    inputs = {"--ground-truth": ground_truth, "--manifest": manifest, "--query-images": folders["q"],
+              "--reference-images": folders["r"], **{f"--query {p}": p for p in qfiles},
+              **{f"--reference {p}": p for p in rfiles}, **{f"--compare-query {p}": p for p in cq},
+              **{f"--compare-reference {p}": p for p in cr}}
+    guard.check_paths({"--out": out}, inputs, {"--out": True})
+    check_out_folder(out)
+
+    gt = read_ground_truth(ground_truth)
+    specs = [(qfiles, rfiles)] + ([(cq, cr)] if cq else [])
+    names = [given or default for given, default in zip((name, compare_name), _default_names([q for q, _ in specs]))]
+    if len(names) == 2 and names[0] == names[1]:
+        raise UserError(f"both results are named {names[0]!r}: give --name / --compare-name")
+    groups = families.edit_groups(manifest, gt.query_ids) if manifest is not None else None
+    runs = []
+    for run_name, (qf, rf) in zip(names, specs):
+        q, r = read_descriptors(qf), read_descriptors(rf)
+        if progress:
+            console.print(f"[bold]inspect[/] evaluating {run_name}: {len(q.ids):,} queries x {len(r.ids):,} references")
+        res = evaluate(q, r, gt, max_results=max_results, all_queries=all_queries, threads=threads, progress=progress)
+        runs.append(analysis.Run(run_name, q, r, res))
+    shown = _select(runs, gt, groups, show, neighbours)
+
+    inputs_record = {"ground_truth": ground_truth, "query": qfiles, "reference": rfiles, "compare_query": cq or None,
+                     "compare_reference": cr or None, "query_images": folders["q"],
+                     "reference_images": folders["r"], "manifest": manifest}
+    summaries, n_thumbs, failures = _write(out, runs, gt, shown, folders, thumb_size, workers, inputs_record)
+    fps, missed = shown["fps"], shown["missed"]
+    return InspectReport(str(out), str(out / INDEX), summaries, sum(len(f) for f in fps), [c for _, c in missed],
+                         n_thumbs, failures, round(time.perf_counter() - t0, 3))
+
+
+def _check_options(qfiles: list[Path], rfiles: list[Path], cq: list[Path], cr: list[Path], show: int,
+                   neighbours: int, thumb_size: int, folders: dict[str, Path]) -> None:
     if not qfiles or not rfiles:
         raise UserError("give --query and --reference descriptor files")
     if bool(cq) != bool(cr):
@@ -122,36 +159,14 @@ def inspect_results(
         raise UserError(f"--neighbours must be in 0..20, got {neighbours}")
     if not 32 <= thumb_size <= 512:
         raise UserError(f"--thumb-size must be in 32..512 pixels, got {thumb_size}")
-    folders = {"q": Path(query_images), "r": Path(reference_images)}
     for opt, folder in (("--query-images", folders["q"]), ("--reference-images", folders["r"])):
         if not folder.is_dir():
             raise UserError(f"{opt} {folder}: " + ("is a file, not an image folder" if folder.exists()
                                                    else "image folder not found"))
-    inputs = {"--ground-truth": ground_truth, "--manifest": manifest, "--query-images": folders["q"],
-              "--reference-images": folders["r"], **{f"--query {p}": p for p in qfiles},
-              **{f"--reference {p}": p for p in rfiles}, **{f"--compare-query {p}": p for p in cq},
-              **{f"--compare-reference {p}": p for p in cr}}
-    guard.check_paths({"--out": out}, inputs, {"--out": True})
-    check_out_folder(out)
 
-    # ---- read and search (nothing written yet)
-    gt = read_ground_truth(ground_truth)
-    specs = [(qfiles, rfiles)] + ([(cq, cr)] if cq else [])
-    names = [given or default for given, default in zip((name, compare_name), _default_names([q for q, _ in specs]))]
-    if len(names) == 2 and names[0] == names[1]:
-        raise UserError(f"both results are named {names[0]!r}: give --name / --compare-name")
-    groups = None
-    if manifest is not None:
-        groups = families.edit_groups(manifest, gt.query_ids)
-    runs = []
-    for run_name, (qf, rf) in zip(names, specs):
-        q, r = read_descriptors(qf), read_descriptors(rf)
-        if progress:
-            console.print(f"[bold]inspect[/] evaluating {run_name}: {len(q.ids):,} queries x {len(r.ids):,} references")
-        res = evaluate(q, r, gt, max_results=max_results, all_queries=all_queries, threads=threads, progress=progress)
-        runs.append(analysis.Run(run_name, q, r, res))
 
-    # ---- what to show
+def _select(runs: list, gt, groups, show: int, neighbours: int) -> dict:
+    """What the page shows: false positives, misses, the comparison, per-edit metrics."""
     fps = [analysis.false_positives(run, gt, show) for run in runs]
     missed = [analysis.misses(run, gt, show) for run in runs]
     comp = analysis.comparison(runs[0], runs[1], gt, max(1, show // 2)) if len(runs) > 1 else None
@@ -173,33 +188,35 @@ def inspect_results(
             per_run = [families.group_metrics(run.res, run.query, gt, g) for run in runs]
             fam[key] = [{"group": rows[0]["group"], "queries": rows[0]["queries"], "positives": rows[0]["positives"],
                          "runs": rows} for rows in zip(*per_run)]
+    return {"fps": fps, "missed": missed, "comparison": comp, "families": fam}
 
-    # ---- write (the folder is the tool's from here on)
+
+def _write(out: Path, runs: list, gt, shown: dict, folders: dict[str, Path], thumb_size: int, workers: int,
+           inputs: dict) -> tuple[list[dict], int, list[str]]:
+    """The report's files (the folder is the tool's from here on); (summaries, thumbnails, failures)."""
+    from ..plots import plot_pr_curves
+
+    fps, missed, comp, fam = shown["fps"], shown["missed"], shown["comparison"], shown["families"]
     wanted = _images(fps, [m[0] for m in missed], comp)
     out.mkdir(parents=True, exist_ok=True)
     with lock.exclusive(out / LOCK, str(out)):
         old = check_out_folder(out)
         thumb_paths, failures = thumbs.make_thumbnails(wanted, folders, out, thumb_size, workers)
-        from ..plots import plot_pr_curves
-
         plot_pr_curves(out / PR_PNG, {run.name: run.res for run in runs})
         summaries = [analysis.summary(run) for run in runs]
         context = {
             "runs": summaries, "fps": fps, "missed": [{"count": c, "rows": rows} for rows, c in missed],
             "families": fam, "comparison": comp, "failures": failures, "size": thumb_size, "pr_png": PR_PNG,
-            "version": __version__, "inputs": {"ground_truth": str(ground_truth), "manifest": str(manifest)},
+            "version": __version__,
+            "inputs": {"ground_truth": str(inputs["ground_truth"]), "manifest": str(inputs["manifest"])},
         }
-        html = page.render(context, thumb_paths)
         with atomic_path(out / INDEX) as tmp:
-            tmp.write_text(html, encoding="utf-8")
+            tmp.write_text(page.render(context, thumb_paths), encoding="utf-8")
         used = sorted(set(thumb_paths.values()))
         write_json(out / DATA, {
             "kind": REPORT_KIND, "isc_qk_version": __version__,
             "inputs": {k: [os.path.abspath(p) for p in v] if isinstance(v, list) else (None if v is None else os.path.abspath(v))
-                       for k, v in {"ground_truth": ground_truth, "query": qfiles, "reference": rfiles,
-                                    "compare_query": cq or None, "compare_reference": cr or None,
-                                    "query_images": folders["q"], "reference_images": folders["r"],
-                                    "manifest": manifest}.items()},
+                       for k, v in inputs.items()},
             "summary": summaries,
             "false_positives": {run.name: fp for run, fp in zip(runs, fps)},
             "missed": {run.name: {"count": c, "shown": rows, "all": _all_missed(run, gt)}
@@ -209,8 +226,7 @@ def inspect_results(
         })
         if old is not None:
             thumbs.remove_stale(out, old.get("thumbnails", []), set(used))
-    return InspectReport(str(out), str(out / INDEX), summaries, sum(len(f) for f in fps), [c for _, c in missed],
-                         len(used), failures, round(time.perf_counter() - t0, 3))
+    return summaries, len(used), failures
 
 
 def _images(fps: list[list[dict]], misses: list[list[dict]], comp: dict | None) -> set[tuple[str, str]]:
