@@ -208,8 +208,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,argv,message", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_damages_nothing(world, name, argv, message):
+def refused_cleanly(world: Path, name: str, argv: list, message: str) -> None:
+    """The assertions of every bad input: exit 2, one `error:` line saying `message`, no
+    traceback, every file under `world` byte-identical, nothing left behind."""
     before = tree(world)
     res = isc(*argv, cwd=world)
     after = tree(world)
@@ -221,6 +222,11 @@ def test_bad_input_is_one_line_and_damages_nothing(world, name, argv, message):
     changed = sorted(k for k in before if before[k] != after.get(k))
     assert not changed, f"{name} changed or removed {changed}"
     assert not sorted(set(after) - set(before)), f"{name} left files behind: {sorted(set(after) - set(before))}"
+
+
+@pytest.mark.parametrize("name,argv,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_damages_nothing(world, name, argv, message):
+    refused_cleanly(world, name, argv, message)
 
 
 def test_there_are_at_least_sixty_bad_inputs():

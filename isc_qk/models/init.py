@@ -36,6 +36,6 @@ def init_model(pca_path: str | os.PathLike, cfg: ModelConfig, out_dir: str | os.
     writes = model_files(out, cfg) + [config_path(out / pca_file_name(cfg.residual))]
     with art.open(cfg, [Input("--pca", pca_path, fingerprint.of_files(files))], writes=writes) as state:
         if not state.done:
-            QKModel.create(cfg, pca).save(out)
+            QKModel.create(cfg, pca, str(pca_path)).save(out)
             art.finish({"model": str(out)})
     return out

@@ -64,6 +64,12 @@ def check_model_config(cfg: ModelConfig) -> None:
                         "descriptor (gist, sscd, sscd-distilled, onnx:PATH)")
 
 
+def frozen_backbone(cfg: ModelConfig) -> bool:
+    """Whether a model of these settings never trains its backbone (a frozen encoder, or
+    `freeze_backbone`): what `QKModel.frozen` will say, known without loading the model."""
+    return cfg.freeze_backbone or not is_trainable(cfg.backbone)
+
+
 def weights_files(model_dir: str | os.PathLike, backbone_weights: bool = True) -> dict[str, Path]:
     """The weight files of a model folder, keyed "q_backbone", "q_head", ... (backbone files only
     for encoders with weights: Keras backbones)."""
@@ -90,10 +96,11 @@ class QKModel:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, cfg: ModelConfig, pca: PCAModel) -> "QKModel":
-        """Fresh model: pretrained backbones (same start on both sides), seeded heads."""
+    def create(cls, cfg: ModelConfig, pca: PCAModel, where: str = "the start PCA") -> "QKModel":
+        """Fresh model: pretrained backbones (same start on both sides), seeded heads; `where`
+        names the PCA in messages."""
         check_model_config(cfg)
-        start = _start(cfg, pca, "the start PCA")
+        start = _start(cfg, pca, where)
         sides = []
         for i, s in enumerate(SIDES):
             enc = create(cfg.backbone, trainable=not cfg.freeze_backbone, weights=cfg.backbone_weights)

@@ -9,7 +9,8 @@ layout and the same feature cache, so running them gives the descriptors `pipeli
 from __future__ import annotations
 
 from ..configs import PipelineConfig
-from ..encoders import is_trainable, parse
+from ..encoders import parse
+from ..models.qk_model import frozen_backbone
 from ..recipes import RECIPES
 
 
@@ -24,7 +25,7 @@ def stage_commands(name: str, data: str = "DATA", work: str = "W", workers: int 
     residual = cfg.model.residual
     start = f"{w}/gist" if residual == "gist" else f"{w}/start_{parse(residual).slug}"
     fit = "gist-pca" if residual == "gist" else "descriptor-pca"
-    frozen = cfg.model.freeze_backbone or not is_trainable(cfg.model.backbone)
+    frozen = frozen_backbone(cfg.model)
     cache = f" --feature-cache {w}/feats" if frozen else ""
     lines = [
         f"# recipe {name}: {RECIPES[name].summary}",

@@ -178,7 +178,9 @@ class Pipeline:
     @property
     def frozen(self) -> bool:
         """The backbone never trains (a frozen encoder, or `freeze_backbone`)."""
-        return self.cfg.model.freeze_backbone or not is_trainable(self.cfg.model.backbone)
+        from ..models.qk_model import frozen_backbone
+
+        return frozen_backbone(self.cfg.model)
 
     def describe_pair(self, model: Path, run: str) -> tuple[Descriptors, Descriptors]:
         from ..qk.describe import describe

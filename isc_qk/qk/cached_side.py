@@ -30,10 +30,11 @@ import numpy as np
 from ..errors import UserError
 from ..formats.feature_table import feature_table_paths, open_feature_table, read_ids
 from ..stages import fingerprint
-from ..stages.artifact import Artifact, Input
+from ..stages.artifact import Artifact
 from ..stages.rows import fill_rows, write_table
 from ..ui import ticker
 from .mining import read_rows
+from .precompute import table_input
 
 KIND = "qk-cached-side"
 CHUNK = 8192  # feature rows per head pass (and the resume granularity): small blocks, little heap left behind
@@ -76,9 +77,8 @@ def cached_side(head, side: str, table: np.ndarray, table_prefix: str | os.PathL
     n, width = int(table.shape[0]), int(table.shape[1])
     dim = int(head.output_shape[-1])
     cfg = CachedSideConfig(side=side, head=head_fp, rows=n, width=width, dim=dim)
-    npy, ids_txt = feature_table_paths(table_prefix)
-    rec = Path(os.fspath(table_prefix).removesuffix(".npy") + ".config.json")
-    inputs = [Input("table", npy, fingerprint.of_files([p for p in (npy, ids_txt, rec) if p.is_file()]))]
+    ids_txt = feature_table_paths(table_prefix)[1]
+    inputs = [table_input("table", table_prefix)]
     art = Artifact(prefix, KIND, layout="prefix", stage="cache")
     try:
         art.check_record(cfg, inputs)

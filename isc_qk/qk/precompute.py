@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..configs import from_dict
 from ..formats.feature_table import concat_tables, feature_table_paths, open_feature_table
+from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
 from ..stages.merge import merge_shards
 from ..stages.resources import check_workers, pixels_per_batch
@@ -70,6 +71,14 @@ def table_artifact(prefix: str | os.PathLike) -> Artifact:
     return Artifact(prefix, KIND, layout="prefix", stage="precompute")
 
 
+def table_input(name: str, prefix: str | os.PathLike) -> Input:
+    """A feature table as a stage input: its .npy, ids and record, fingerprinted together
+    (training from it, the cached other side built over it)."""
+    npy, ids = feature_table_paths(prefix)
+    rec = table_artifact(prefix).record_path
+    return Input(name, npy, fingerprint.of_files([f for f in (npy, ids, rec) if f.is_file()]))
+
+
 def table_config(prefix: str | os.PathLike) -> PrecomputeConfig | None:
     """The settings saved next to a table, or None if it has none (made by another tool)."""
     art = table_artifact(prefix)
@@ -87,11 +96,11 @@ def phase_table(model_dir: str | os.PathLike, side: str, images: str | os.PathLi
     """Where a phase keeps `side`'s table of an image folder (`pipeline`, `api.run_phase`): a
     frozen backbone's by its fingerprint (`frozen_table`: one table for every phase and model
     with that backbone), a trainable one's by the model folder's name."""
-    from ..models.qk_model import QKModel
+    from ..models.qk_model import QKModel, frozen_backbone, read_config
 
-    model = QKModel.load(model_dir)
-    if model.frozen:
-        return frozen_table(model, side, Path(images), Path(folder))
+    # the model itself is loaded only for a frozen backbone's fingerprint
+    if frozen_backbone(read_config(model_dir)):
+        return frozen_table(QKModel.load(model_dir), side, Path(images), Path(folder))
     return Path(folder) / f"{Path(model_dir).name}.{side}.{Path(images).name}"
 
 

@@ -40,14 +40,14 @@ import numpy as np
 from ..configs import MAX_STEPS, TrainConfig
 from ..errors import UserError
 from ..formats.checkpoint import latest_checkpoint, restore_optimizer, save_checkpoint
-from ..formats.feature_table import feature_table_paths, is_feature_table
+from ..formats.feature_table import is_feature_table
 from ..formats.images import list_images
 from ..formats.losses import read_losses, write_losses
 from ..stages import fingerprint
 from ..stages.artifact import Artifact, Input
 from ..ui import ticker, warn
 from .data import TrainData, build_train_data, default_manifest
-from .precompute import frozen_table, precompute
+from .precompute import frozen_table, precompute, table_input
 
 KIND = "qk-train"
 LOSSES_FILE = "losses.csv"
@@ -208,9 +208,7 @@ def _input(name: str, path: str | os.PathLike) -> Input:
     if name == "--model":
         return Input(name, p, files_fingerprint(p))
     if is_feature_table(p):
-        npy, ids = feature_table_paths(p)
-        rec = Path(os.fspath(p).removesuffix(".npy") + ".config.json")
-        return Input(name, npy, fingerprint.of_files([f for f in (npy, ids, rec) if f.is_file()]))
+        return table_input(name, p)
     if p.is_dir():
         return Input.of_images(name, p, list_images(p))
     raise UserError(f"{name} {p}: neither an image folder nor a feature table (PREFIX.npy)")

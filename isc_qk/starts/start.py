@@ -36,7 +36,10 @@ def fitted_on(pca: PCAModel) -> str:
 def check_pca(encoder: Encoder, pca: PCAModel, where: str) -> None:
     """The PCA must have been fitted on this encoder's raw vectors."""
     if fitted_on(pca) != encoder.id:
-        raise UserError(f"{where}: this PCA was fitted on {fitted_on(pca)} descriptors, not {encoder.id}")
+        fit = "gist-pca" if encoder.id == GIST else f"descriptor-pca --descriptor {encoder.id}"
+        raise UserError(f"{where}: this PCA was fitted on {fitted_on(pca)} descriptors, not {encoder.id} (fit one "
+                        f"with `isc-qk {fit} --train DIR --out DIR`, or start from {fitted_on(pca)}: "
+                        f"--residual {fitted_on(pca)})")
     if pca.input_dim != encoder.spec.dim:
         raise UserError(f"{where}: the PCA takes {pca.input_dim}-d vectors, {encoder.id} gives {encoder.spec.dim}-d")
 
